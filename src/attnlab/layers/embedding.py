@@ -1,0 +1,96 @@
+"""Input/output embeddings and positional encodings (paper, sections 3.4 and 3.5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids -> vectors, multiplied by sqrt(d_model) as in section 3.4."""
+
+    def __init__(self, vocab_size: int, d_model: int, pad_id: int | None = None, scale: bool = True):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.scale = math.sqrt(d_model) if scale else 1.0
+        # N(0, d_model^-0.5): with the sqrt(d_model) scale the embedded tokens have unit variance,
+        # and the matrix is a sensible output projection when tied (fairseq's choice).
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=d_model**-0.5)
+        if pad_id is not None:
+            with torch.no_grad():
+                self.embedding.weight[pad_id].zero_()
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embedding.weight
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        # (B, T) -> (B, T, d_model)
+        return self.embedding(tokens) * self.scale
+
+
+def sinusoidal_table(length: int, d_model: int, offset: int = 0) -> Tensor:
+    """The paper's table: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+
+    Interleaved: even feature indices hold sines, odd ones cosines. (length, d_model) float32.
+    """
+    position = torch.arange(offset, offset + length, dtype=torch.float64)[:, None]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
+    angle = position / torch.pow(10000.0, two_i / d_model)
+    table = torch.zeros(length, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return table.float()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Adds the fixed sinusoidal encoding (section 3.5). Extends itself for longer inputs."""
+
+    def __init__(self, d_model: int, max_len: int = 1024):
+        super().__init__()
+        self.d_model = d_model
+        self.register_buffer("table", sinusoidal_table(max_len, d_model), persistent=False)
+
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        # x: (B, T, d_model); positions start, ..., start + T - 1
+        end = start + x.size(1)
+        if end > self.table.size(0):  # never refuse a long input: the formula has no limit
+            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table.device)
+        return x + self.table[start:end].to(x.dtype)
+
+
+class LearnedPositionalEncoding(nn.Module):
+    """Learned position embeddings (the paper's alternative, Table 3 row E)."""
+
+    def __init__(self, d_model: int, max_len: int = 1024):
+        super().__init__()
+        self.max_len = max_len
+        self.embedding = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=d_model**-0.5)
+
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        end = start + x.size(1)
+        if end > self.max_len:
+            raise ValueError(f"sequence of length {end} exceeds max_len {self.max_len} of learned positions")
+        positions = torch.arange(start, end, device=x.device)
+        return x + self.embedding(positions).to(x.dtype)
+
+
+class NoPositionalEncoding(nn.Module):
+    """Identity: a bag-of-tokens model (used to show what positions add)."""
+
+    def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        return x
+
+
+def positional_encoding(kind: str, d_model: int, max_len: int) -> nn.Module:
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(d_model, max_len)
+    if kind == "learned":
+        return LearnedPositionalEncoding(d_model, max_len)
+    if kind == "none":
+        return NoPositionalEncoding()
+    raise ValueError(f"unknown positional encoding {kind!r}")

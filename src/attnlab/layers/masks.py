@@ -1,0 +1,23 @@
+"""Attention masks. One convention everywhere: bool, True = may attend (as F.scaled_dot_product_attention).
+
+Masks are broadcast against attention scores of shape (B, n_heads, T_query, T_key).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """(B, S) token ids -> (B, 1, 1, S) bool, True where the key is a real token."""
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def causal_mask(size: int, device: torch.device | None = None) -> Tensor:
+    """(T, T) bool lower triangle: query t may attend to keys 0..t, never to the future."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril_()
+
+
+def decoder_self_mask(tgt: Tensor, pad_id: int) -> Tensor:
+    """(B, T) target ids -> (B, 1, T, T): causal and no padded keys."""
+    return padding_mask(tgt, pad_id) & causal_mask(tgt.size(1), tgt.device)
