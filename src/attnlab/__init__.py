@@ -1,5 +1,6 @@
 """attnlab: attention and the Transformer, faithful to the papers, fast, and usable."""
 from attnlab.config import TransformerConfig
+from attnlab.models.transformer import Transformer
 
 __version__ = "0.1.0"
-__all__ = ["TransformerConfig", "__version__"]
+__all__ = ["TransformerConfig", "Transformer", "__version__"]

@@ -1,0 +1,114 @@
+"""Batched beam search on the decoding protocol.
+
+Every sentence keeps `beam_size` live hypotheses as rows of one batch. At each step the 2K best
+extensions are scored; those ending in EOS among the top K are set aside as finished, the best K
+others continue. A sentence is done once it has K finished hypotheses (fairseq's rule) and its rows
+are dropped from the batch, so finished sentences cost nothing (pruning). Scores are normalised by
+the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016); alpha = 0 is raw log-prob.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnlab.decoding.protocol import Decodable, batch_size_of, eval_mode
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated tokens, EOS included when the hypothesis ended with one
+    score: float  # log-prob / length penalty
+    log_prob: float
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: Decodable,
+    src: Tensor,
+    beam_size: int = 4,
+    max_len: int = 128,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    length_penalty_alpha: float = 0.6,
+    n_best: int = 1,
+    use_cache: bool = True,
+    min_len: int = 0,
+) -> list[list[Hypothesis]]:
+    """Decode src (B, S); for each sentence return its `n_best` hypotheses, best first."""
+    if beam_size < 1 or not 1 <= n_best <= beam_size:
+        raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    k = beam_size
+    with eval_mode(model):
+        b = batch_size_of(src)
+        device = src.device if isinstance(src, Tensor) else None
+        state = model.init_decode(src, max_len=max_len + 1, use_cache=use_cache)
+        state.reorder(torch.arange(b, device=device).repeat_interleave(k))  # (B*K) rows
+        tokens = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)
+        scores = torch.zeros(b, k, device=device)  # cumulative log-probs of live hypotheses
+        scores[:, 1:] = float("-inf")  # at first all beams are the same: expand only one
+        active = torch.arange(b)  # original index of each live sentence
+        finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+
+        for step in range(max_len):
+            logits, state, _ = model.decode_step(tokens, state)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n*K, V)
+            if step < min_len:
+                log_probs[:, eos_id] = float("-inf")
+            n, vocab = scores.size(0), log_probs.size(-1)
+            candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)
+            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
+            parent = torch.div(top_index, vocab, rounding_mode="floor")
+            token = top_index % vocab
+            last = step == max_len - 1
+
+            # set aside finished hypotheses (EOS among the top K; at the last step, everything)
+            ends = token[:, :k] == eos_id
+            if last:
+                ends = torch.ones_like(ends)
+            if bool(ends.any()):
+                length = step + 1
+                lp = length_penalty(length, length_penalty_alpha)
+                rows, cols = ends.nonzero(as_tuple=True)
+                prefix = tokens.view(n, k, -1)[:, :, 1:]
+                for i, j in zip(rows.tolist(), cols.tolist()):
+                    s = int(active[i])
+                    if len(finished[s]) >= k:
+                        continue
+                    lp_score = float(top_scores[i, j])
+                    if lp_score == float("-inf"):
+                        continue
+                    seq = prefix[i, parent[i, j]].tolist() + [int(token[i, j])]
+                    finished[s].append(Hypothesis(seq, lp_score / lp, lp_score))
+            if last:
+                break
+
+            # the K best extensions that do not end here continue
+            alive_scores = top_scores.masked_fill(token == eos_id, float("-inf"))
+            alive_scores, pick = alive_scores.topk(k, dim=1)  # (n, K)
+            parent = parent.gather(1, pick)
+            token = token.gather(1, pick)
+
+            keep = torch.tensor([len(finished[int(s)]) < k for s in active], dtype=torch.bool)
+            if not bool(keep.any()):
+                break
+            keep_dev = keep.to(device) if device is not None else keep
+            kept = keep_dev.nonzero(as_tuple=True)[0]
+            rows = (kept[:, None] * k + parent[kept]).reshape(-1)  # rows of the old batch to follow
+            tokens = torch.cat([tokens.index_select(0, rows), token[kept].reshape(-1, 1)], dim=1)
+            state.reorder(rows)
+            scores = alive_scores[kept]
+            active = active[keep]
+
+        results = []
+        for hyps in finished:
+            hyps.sort(key=lambda h: h.score, reverse=True)
+            results.append(hyps[:n_best])
+        return results

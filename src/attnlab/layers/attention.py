@@ -1,0 +1,127 @@
+"""Attention (paper, section 3.2).
+
+Scaled dot-product attention:  Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
+Multi-head attention:          MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,
+                               head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)
+
+Masks are bool, True = may attend, broadcastable to the scores (B, n_heads, T_query, T_key).
+A query whose keys are all masked gets a zero output (never NaN), forward and backward.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.layers.kv_cache import KVCache
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """q (B, H, T, d_k), k (B, H, S, d_k), v (B, H, S, d_v) -> (B, H, T, d_v), weights (B, H, T, S) or None.
+
+    Without `need_weights` this runs the fused kernel (F.scaled_dot_product_attention); with it, the
+    explicit softmax(QK^T / sqrt(d_k)) V so the weights can be returned.
+    """
+    row_ok = None
+    if mask is not None:
+        # Rows with no key to attend to: let them attend anywhere (a finite softmax, finite gradients)
+        # and zero their output afterwards.
+        row_ok = mask.any(dim=-1, keepdim=True)  # (..., T, 1)
+        mask = mask | ~row_ok
+    if not need_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        weights = None
+    else:
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        if row_ok is not None:
+            weights = weights * row_ok
+        out = torch.matmul(F.dropout(weights, dropout_p) if dropout_p > 0 else weights, v)
+    if row_ok is not None:
+        out = out * row_ok
+    return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention for self-attention, masked self-attention and encoder-decoder attention.
+
+    The projections W^Q, W^K, W^V are stored stacked in one `in_proj` (3 d_model, d_model) matrix, the
+    layout of torch.nn.MultiheadAttention: self-attention projects Q, K, V with one matmul, while
+    cross-attention projects Q from the decoder and K, V from the encoder memory.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        if bias:
+            nn.init.zeros_(self.in_proj.bias)
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        # (B, T, d_model) -> (B, H, T, d_k)
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the encoder memory (B, S, d_model) -> 2 x (B, H, S, d_k).
+
+        Computed once per source sentence when decoding with a cache.
+        """
+        d = self.d_model
+        bias = self.in_proj.bias[d:] if self.in_proj.bias is not None else None
+        k, v = F.linear(memory, self.in_proj.weight[d:], bias).chunk(2, dim=-1)
+        return self._split_heads(k), self._split_heads(v)
+
+    def forward(
+        self,
+        query: Tensor,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        cache_pos: int = 0,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from `query` (B, T, d_model).
+
+        - self-attention: `memory` None; keys/values come from `query`. With `cache`, the new keys
+          and values are written at `cache_pos` and attention runs over everything cached so far.
+        - encoder-decoder attention: keys/values from `memory` (B, S, d_model), or precomputed
+          `memory_kv` from `project_kv`.
+        Returns (B, T, d_model) and, if `need_weights`, the weights (B, H, T, S).
+        """
+        d = self.d_model
+        w, b = self.in_proj.weight, self.in_proj.bias
+        if memory is None and memory_kv is None:
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            if cache is not None:
+                k, v = cache.update(cache_pos, k, v)
+        else:
+            q = self._split_heads(F.linear(query, w[:d], b[:d] if b is not None else None))
+            k, v = memory_kv if memory_kv is not None else self.project_kv(memory)
+        dropout_p = self.dropout if self.training else 0.0
+        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)
+        b_, h, t, dk = out.shape
+        out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)
+        return self.out_proj(out), weights

@@ -1,0 +1,308 @@
+"""The Transformer of Vaswani et al. 2017, "Attention Is All You Need", every step a named module.
+
+Encoder (Figure 1, left)                         Decoder (Figure 1, right)
+ (1) input_embedding  x sqrt(d_model)             (8)  output_embedding x sqrt(d_model)
+ (2) src_positions (sinusoidal)                   (9)  tgt_positions
+ (3) EncoderLayer.self_attn                       (10) DecoderLayer.self_attn (masked)
+ (4) EncoderLayer.add_norm1                       (11) DecoderLayer.add_norm1
+ (5) EncoderLayer.ffn                             (12) DecoderLayer.cross_attn (encoder-decoder)
+ (6) EncoderLayer.add_norm2                       (13) DecoderLayer.add_norm2
+ (7) Encoder.layers (N of them)                   (14) DecoderLayer.ffn, (15) add_norm3
+                                                  (16) Decoder.layers (N of them)
+Output: (17) decoder states -> (18) output_projection -> (19) softmax -> (20) output probabilities.
+
+Decoding protocol (shared by every model family in attnlab, see attnlab.decoding):
+    state = model.init_decode(src, max_len, use_cache)
+    logits, state, weights = model.decode_step(prefix, state, need_weights)
+    state.reorder(index)   # beam search
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.config import TransformerConfig
+from attnlab.layers.attention import MultiHeadAttention
+from attnlab.layers.embedding import TokenEmbedding, positional_encoding
+from attnlab.layers.feed_forward import PositionwiseFeedForward
+from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.masks import decoder_self_mask, padding_mask
+from attnlab.layers.residual import AddNorm
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention -> add & norm -> feed-forward -> add & norm."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        ffn_dropout = cfg.dropout if cfg.ffn_dropout is None else cfg.ffn_dropout
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout, cfg.bias)
+        self.add_norm1 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, ffn_dropout, cfg.activation, cfg.bias)
+        self.add_norm2 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        # x: (B, S, d_model); src_mask: (B, 1, 1, S)
+        weights = None
+
+        def attend(h: Tensor) -> Tensor:
+            nonlocal weights
+            h, weights = self.self_attn(h, mask=src_mask, need_weights=need_weights)
+            return h
+
+        x = self.add_norm1(x, attend)
+        x = self.add_norm2(x, self.ffn)
+        return x, weights
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention -> add & norm -> encoder-decoder attention -> add & norm -> FFN -> add & norm."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        ffn_dropout = cfg.dropout if cfg.ffn_dropout is None else cfg.ffn_dropout
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout, cfg.bias)
+        self.add_norm1 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout, cfg.bias)
+        self.add_norm2 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, ffn_dropout, cfg.activation, cfg.bias)
+        self.add_norm3 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        tgt_mask: Tensor | None,
+        need_weights: bool = False,
+        cache: KVCache | None = None,
+        cache_pos: int = 0,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        # x: (B, T, d_model); memory: (B, S, d_model); tgt_mask: (B, 1, T, T) or None with a cache
+        self_weights = cross_weights = None
+
+        def self_attend(h: Tensor) -> Tensor:
+            nonlocal self_weights
+            h, self_weights = self.self_attn(
+                h, mask=tgt_mask, need_weights=need_weights, cache=cache, cache_pos=cache_pos
+            )
+            return h
+
+        def cross_attend(h: Tensor) -> Tensor:
+            nonlocal cross_weights
+            h, cross_weights = self.cross_attn(
+                h, memory=memory, mask=src_mask, need_weights=need_weights, memory_kv=memory_kv
+            )
+            return h
+
+        x = self.add_norm1(x, self_attend)
+        x = self.add_norm2(x, cross_attend)
+        x = self.add_norm3(x, self.ffn)
+        return x, self_weights, cross_weights
+
+
+class Encoder(nn.Module):
+    """A stack of N encoder layers (plus a final LayerNorm in the pre-norm variant)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
+
+    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, list]:
+        weights = []
+        for layer in self.layers:
+            x, w = layer(x, src_mask, need_weights)
+            weights.append(w)
+        return self.final_norm(x), weights
+
+
+class Decoder(nn.Module):
+    """A stack of N decoder layers (plus a final LayerNorm in the pre-norm variant)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        tgt_mask: Tensor | None,
+        need_weights: bool = False,
+        caches: list[KVCache] | None = None,
+        cache_pos: int = 0,
+        memory_kv: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> tuple[Tensor, list, list]:
+        self_weights, cross_weights = [], []
+        for i, layer in enumerate(self.layers):
+            x, sw, cw = layer(
+                x, memory, src_mask, tgt_mask, need_weights,
+                cache=caches[i] if caches is not None else None,
+                cache_pos=cache_pos,
+                memory_kv=memory_kv[i] if memory_kv is not None else None,
+            )
+            self_weights.append(sw)
+            cross_weights.append(cw)
+        return self.final_norm(x), self_weights, cross_weights
+
+
+@dataclass
+class TransformerState:
+    """What the decoder carries between steps. `reorder` follows beam search's parent pointers."""
+
+    memory: Tensor  # (B, S, d_model)
+    src_mask: Tensor  # (B, 1, 1, S)
+    caches: list[KVCache] | None = None  # self-attention keys/values per decoder layer
+    memory_kv: list[tuple[Tensor, Tensor]] | None = None  # cross-attention keys/values per layer
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory.size(0)
+
+    def reorder(self, index: Tensor) -> "TransformerState":
+        self.memory = self.memory.index_select(0, index)
+        self.src_mask = self.src_mask.index_select(0, index)
+        if self.caches is not None:
+            for cache in self.caches:
+                cache.reorder(index)
+        if self.memory_kv is not None:
+            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
+        return self
+
+
+def check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
+    """Raise a one-line ValueError if `tokens` is not a (batch, length) tensor of ids in [0, vocab_size)."""
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must hold integer token ids (int64), got dtype {tokens.dtype}")
+    if tokens.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, length), got shape {tuple(tokens.shape)}")
+    if tokens.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(tokens.shape)}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} has token ids outside [0, {vocab_size}): min {lo}, max {hi} (vocabulary mismatch?)")
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer. `forward(src, tgt)` returns logits (B, T, tgt_vocab_size)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pad_id = cfg.pad_id
+        # (1) and (8): embeddings, one matrix for both sides when share_embeddings
+        self.input_embedding = TokenEmbedding(cfg.src_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
+        self.output_embedding = (
+            self.input_embedding if cfg.share_embeddings
+            else TokenEmbedding(cfg.tgt_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
+        )
+        # (2) and (9): positions
+        self.src_positions = positional_encoding(cfg.positional, cfg.d_model, cfg.max_len)
+        self.tgt_positions = positional_encoding(cfg.positional, cfg.d_model, cfg.max_len)
+        self.embedding_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = Encoder(cfg)  # (3)-(7)
+        self.decoder = Decoder(cfg)  # (10)-(16)
+        # (18) linear projection to the vocabulary; tied to the output embedding as in section 3.4
+        self.output_projection = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        if cfg.tie_output:
+            self.output_projection.weight = self.output_embedding.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, std=cfg.d_model**-0.5)
+
+    # ---- the paper's two halves -------------------------------------------------------------
+    def embed_src(self, src: Tensor) -> Tensor:
+        return self.embedding_dropout(self.src_positions(self.input_embedding(src)))
+
+    def embed_tgt(self, tgt: Tensor, start: int = 0) -> Tensor:
+        return self.embedding_dropout(self.tgt_positions(self.output_embedding(tgt), start))
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """src (B, S) -> memory (B, S, d_model). Padding (pad_id) is masked unless src_mask is given."""
+        check_tokens("src", src, self.cfg.src_vocab_size)
+        if src_mask is None:
+            src_mask = padding_mask(src, self.pad_id)
+        memory, _ = self.encoder(self.embed_src(src), src_mask)
+        return memory
+
+    def decode(self, memory: Tensor, src_mask: Tensor, tgt: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
+        """(17) decoder states (B, T, d_model) for target prefix tgt (B, T) attending to memory."""
+        check_tokens("tgt", tgt, self.cfg.tgt_vocab_size)
+        if tgt_mask is None:
+            tgt_mask = decoder_self_mask(tgt, self.pad_id)
+        h, _, _ = self.decoder(self.embed_tgt(tgt), memory, src_mask, tgt_mask)
+        return h
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """src (B, S), tgt (B, T) int64 -> logits (B, T, tgt_vocab_size); position t predicts tgt[t+1]."""
+        check_tokens("src", src, self.cfg.src_vocab_size)
+        if tgt.dim() == 2 and src.dim() == 2 and tgt.size(0) != src.size(0):
+            raise ValueError(f"src and tgt batch sizes differ: {src.size(0)} != {tgt.size(0)}")
+        src_mask = padding_mask(src, self.pad_id)
+        memory = self.encode(src, src_mask)
+        return self.output_projection(self.decode(memory, src_mask, tgt))
+
+    def output_probabilities(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """(19)-(20): softmax over the vocabulary, (B, T, tgt_vocab_size)."""
+        return self.forward(src, tgt).float().softmax(dim=-1)
+
+    # ---- attention pictures ----------------------------------------------------------------
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, Tensor]:
+        """Teacher-forced pass returning every layer's per-head weights:
+        encoder (L, B, H, S, S), decoder_self (L, B, H, T, T), cross (L, B, H, T, S)."""
+        check_tokens("src", src, self.cfg.src_vocab_size)
+        check_tokens("tgt", tgt, self.cfg.tgt_vocab_size)
+        src_mask = padding_mask(src, self.pad_id)
+        memory, enc_w = self.encoder(self.embed_src(src), src_mask, need_weights=True)
+        _, self_w, cross_w = self.decoder(
+            self.embed_tgt(tgt), memory, src_mask, decoder_self_mask(tgt, self.pad_id), need_weights=True
+        )
+        return {"encoder": torch.stack(enc_w), "decoder_self": torch.stack(self_w), "cross": torch.stack(cross_w)}
+
+    # ---- decoding protocol -----------------------------------------------------------------
+    def init_decode(self, src: Tensor, max_len: int = 128, use_cache: bool = True) -> TransformerState:
+        """Encode src once; with `use_cache`, also allocate self-attention caches and project the
+        encoder-decoder keys/values once per source."""
+        src_mask = padding_mask(src, self.pad_id)
+        memory = self.encode(src, src_mask)
+        state = TransformerState(memory, src_mask)
+        if use_cache:
+            b = src.size(0)
+            state.caches = [
+                KVCache(b, self.cfg.n_heads, max_len, self.cfg.head_dim, memory.dtype, memory.device)
+                for _ in self.decoder.layers
+            ]
+            state.memory_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
+        return state
+
+    def decode_step(
+        self, tokens: Tensor, state: TransformerState, need_weights: bool = False
+    ) -> tuple[Tensor, TransformerState, Tensor | None]:
+        """tokens: the whole prefix so far (B, t), BOS first. Returns next-token logits (B, V), the
+        state, and with `need_weights` the cross-attention of the new token (B, n_layers, H, S)."""
+        if state.caches is not None:
+            pos = tokens.size(1) - 1
+            x = self.embed_tgt(tokens[:, -1:], start=pos)  # only the newest token: (B, 1, d_model)
+            h, _, cross = self.decoder(
+                x, state.memory, state.src_mask, None, need_weights,
+                caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv,
+            )
+        else:  # recompute the whole prefix (the reference the cache must equal)
+            h, _, cross = self.decoder(
+                self.embed_tgt(tokens), state.memory, state.src_mask,
+                decoder_self_mask(tokens, self.pad_id), need_weights,
+            )
+        logits = self.output_projection(h[:, -1])
+        weights = torch.stack([w[:, :, -1] for w in cross], dim=1) if need_weights else None
+        return logits, state, weights
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
