@@ -1,0 +1,181 @@
+"""Greedy and beam search: cache equality, batch invariance, a hand-worked beam, a copy task."""
+import math
+
+import pytest
+import torch
+
+from attnlab import Transformer, TransformerConfig
+from attnlab.decoding import beam_search, greedy
+
+BOS, EOS, PAD = 1, 2, 0
+
+
+def model_with_seed(seed, **kw):
+    torch.manual_seed(seed)
+    values = dict(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
+    values.update(kw)
+    model = Transformer(TransformerConfig(**values)).eval()
+    with torch.no_grad():  # a random but peaked model, so outputs vary by position and source
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_greedy_equals_recomputation_exactly(norm_first):
+    model = model_with_seed(0, norm_first=norm_first)
+    src = torch.randint(3, 30, (4, 9))
+    src[2, 5:] = PAD
+    cached = greedy(model, src, max_len=15, bos_id=BOS, eos_id=EOS)
+    full = greedy(model, src, max_len=15, bos_id=BOS, eos_id=EOS, use_cache=False)
+    assert torch.equal(cached, full)
+    assert len(set(map(tuple, cached.tolist()))) > 1  # not a degenerate constant output
+
+
+def test_cached_step_logits_equal_teacher_forced_logits():
+    model = model_with_seed(1)
+    src = torch.randint(3, 30, (2, 6))
+    tgt = torch.cat([torch.full((2, 1), BOS), torch.randint(3, 30, (2, 7))], dim=1)
+    forced = model(src, tgt)
+    state = model.init_decode(src, max_len=8)
+    for t in range(1, 9):
+        logits, state, _ = model.decode_step(tgt[:, :t], state)
+        scale = forced.abs().max()  # the peaked model has logits in the hundreds
+        torch.testing.assert_close(logits / scale, forced[:, t - 1] / scale, atol=2e-5, rtol=0)
+
+
+def test_batch_of_n_equals_n_batches_of_one():
+    model = model_with_seed(2)
+    lengths = [9, 4, 7, 1]
+    rows = [torch.randint(3, 30, (n,)) for n in lengths]
+    src = torch.zeros(4, 9, dtype=torch.long)
+    for i, r in enumerate(rows):
+        src[i, : len(r)] = r
+    batched = greedy(model, src, max_len=12, bos_id=BOS, eos_id=EOS)
+    for i, r in enumerate(rows):
+        single = greedy(model, r[None], max_len=12, bos_id=BOS, eos_id=EOS)[0]
+        n = single.numel()
+        assert torch.equal(batched[i, :n], single)
+        assert (batched[i, n:] == PAD).all()
+    beams = beam_search(model, src, beam_size=3, max_len=12, bos_id=BOS, eos_id=EOS)
+    for i, r in enumerate(rows):
+        single = beam_search(model, r[None], beam_size=3, max_len=12, bos_id=BOS, eos_id=EOS)[0][0]
+        assert beams[i][0].tokens == single.tokens
+        assert beams[i][0].score == pytest.approx(single.score, abs=1e-4)
+
+
+def test_greedy_stops_at_eos_and_pads_after_it():
+    model = model_with_seed(3)
+    with torch.no_grad():  # force EOS at the second step for every sentence
+        model.output_projection.weight[EOS].zero_()
+    out = greedy(model, torch.randint(3, 30, (3, 5)), max_len=10, bos_id=BOS, eos_id=EOS)
+    for row in out.tolist():
+        if EOS in row:
+            assert all(t == PAD for t in row[row.index(EOS) + 1:])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_of_one_equals_greedy(use_cache):
+    model = model_with_seed(4)
+    src = torch.randint(3, 30, (5, 8))
+    out = greedy(model, src, max_len=12, bos_id=BOS, eos_id=EOS)
+    hyps = beam_search(model, src, beam_size=1, max_len=12, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=0.0, use_cache=use_cache)
+    for i in range(5):
+        expected = [t for t in out[i].tolist() if t != PAD]
+        assert hyps[i][0].tokens == expected
+
+
+class TableModel(torch.nn.Module):
+    """A fake decoder whose next-token distribution depends only on the previous token: beam search
+    on it can be worked by hand."""
+
+    pad_id = PAD
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table  # dict prev_token -> list of probabilities over the vocabulary
+
+    def init_decode(self, src, max_len=10, use_cache=True):
+        class State:
+            def reorder(self, index):
+                return self
+        return State()
+
+    def decode_step(self, tokens, state, need_weights=False):
+        uniform = [0.2] * 5  # rows for tokens the table does not list (low-scoring beams)
+        probs = torch.tensor([self.table.get(int(t), uniform) for t in tokens[:, -1]])
+        return probs.log(), state, None
+
+
+def test_beam_search_hand_worked_case():
+    # vocabulary: 0 pad, 1 BOS, 2 EOS, 3 "a", 4 "b". Greedy takes "a" (0.6) then is forced into a
+    # poor continuation; beam 2 finds "b" (0.4) followed by a sure EOS.
+    e = 1e-9
+    table = {
+        1: [e, e, e, 0.6, 0.4],       # after BOS
+        3: [e, e, 0.3, 0.35, 0.35],   # after "a": EOS 0.3
+        4: [e, e, 0.9, 0.05, 0.05],   # after "b": EOS 0.9
+    }
+    model = TableModel(table)
+    src = torch.zeros(1, 1, dtype=torch.long)
+    g = greedy(model, src, max_len=2, bos_id=BOS, eos_id=EOS)
+    assert g.tolist() == [[3, 3]]
+    hyps = beam_search(model, src, beam_size=2, max_len=5, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=0.0, n_best=2)[0]
+    assert hyps[0].tokens == [4, 2]
+    assert hyps[0].log_prob == pytest.approx(math.log(0.4 * 0.9), abs=1e-5)
+    # the runner-up is not "a EOS" (0.18): at step 2 it ranks 4th of 2K=4 candidates, outside the top
+    # K, while "a b EOS" (0.6 * 0.35 * 0.9 = 0.189) is found one step later
+    assert hyps[1].tokens == [3, 4, 2]
+    assert hyps[1].log_prob == pytest.approx(math.log(0.6 * 0.35 * 0.9), abs=1e-5)
+
+
+def test_length_penalty_prefers_longer_hypotheses():
+    e = 1e-9
+    table = {1: [e, e, 0.5, 0.5, e], 3: [e, e, 0.9, e, 0.1], 4: [e, e, 1.0, e, e]}
+    src = torch.zeros(1, 1, dtype=torch.long)
+    raw = beam_search(TableModel(table), src, beam_size=2, max_len=4, bos_id=BOS, eos_id=EOS,
+                      length_penalty_alpha=0.0)[0][0]
+    assert raw.tokens == [2]  # log 0.5 > log 0.45
+    normalised = beam_search(TableModel(table), src, beam_size=2, max_len=4, bos_id=BOS, eos_id=EOS,
+                             length_penalty_alpha=2.0)[0][0]
+    assert normalised.tokens == [3, 2]
+
+
+def test_bad_decoding_arguments():
+    model = model_with_seed(5)
+    src = torch.randint(3, 30, (1, 4))
+    with pytest.raises(ValueError, match="max_len"):
+        greedy(model, src, max_len=0, bos_id=BOS, eos_id=EOS)
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(model, src, beam_size=2, n_best=3)
+
+
+def test_tiny_transformer_overfits_a_copy_task():
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=14, tgt_vocab_size=14, d_model=64, n_heads=4, n_layers=2,
+                            d_ff=128, dropout=0.0, share_embeddings=True)
+    model = Transformer(cfg)
+    gen = torch.Generator().manual_seed(0)
+    n, length = 32, 8
+    lengths = torch.randint(4, length + 1, (n,), generator=gen)
+    src = torch.zeros(n, length, dtype=torch.long)
+    for i, k in enumerate(lengths):
+        src[i, :k] = torch.randint(3, 14, (int(k),), generator=gen)
+    tgt = torch.zeros(n, length + 2, dtype=torch.long)
+    tgt[:, 0] = BOS
+    for i, k in enumerate(lengths):
+        tgt[i, 1 : k + 1] = src[i, :k]
+        tgt[i, k + 1] = EOS
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(250):
+        logits = model(src, tgt[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 14), tgt[:, 1:].reshape(-1), ignore_index=PAD)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    out = greedy(model, src, max_len=length + 1, bos_id=BOS, eos_id=EOS)
+    exact = sum(out[i, : k + 1].tolist() == tgt[i, 1 : k + 2].tolist() for i, k in enumerate(lengths.tolist()))
+    assert exact == n
