@@ -1,1 +1,1 @@
-"""attnlab.training"""
+"""Training as in the paper (section 5): Adam(0.9, 0.98, 1e-9), warm-up, label smoothing, dropout."""

@@ -1,1 +1,1 @@
-"""attnlab.viz"""
+"""Attention pictures."""

@@ -1,0 +1,1 @@
+"""CLI subcommands, one file each (see attnlab.cli)."""

@@ -1,0 +1,29 @@
+"""Arguments shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+
+from attnlab.translate import DecodeConfig
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    g.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha for beam search")
+    g.add_argument("--max-len-a", type=float, default=1.5, help="max output length = a * source length + b")
+    g.add_argument("--max-len-b", type=int, default=10)
+    g.add_argument("--max-src-len", type=int, default=256, help="longer inputs are truncated with a warning")
+    g.add_argument("--n-best", type=int, default=1, help="print the n best hypotheses (tab-separated)")
+    g.add_argument("--batch-tokens", type=int, default=6000)
+    g.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for decoding")
+    g.add_argument("--device", default="cpu")
+
+
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    if args.beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    if not 1 <= args.n_best <= max(args.beam, 1):
+        raise ValueError(f"--n-best must be between 1 and --beam ({args.beam})")
+    return DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
+                        max_len_b=args.max_len_b, max_src_len=args.max_src_len, n_best=args.n_best,
+                        batch_tokens=args.batch_tokens, amp=args.amp)

@@ -1,0 +1,93 @@
+"""attnlab train: build the task's data and tokenizer, then train (or resume) a model into RUN."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnlab.config import TRANSFORMER_PRESETS
+from attnlab.training.config import TrainConfig, coerce
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model", description=__doc__)
+    p.add_argument("--task", default="dates",
+                   help="multi30k | dates | numbers | copy | reverse | files | captions | scenes (default: dates)")
+    p.add_argument("--src-lang", default=None)
+    p.add_argument("--tgt-lang", default=None)
+    p.add_argument("--data-dir", default=None, help="local copy of the data (e.g. ../shared/data/multi30k)")
+    for split in ("train", "valid", "test"):
+        p.add_argument(f"--{split}-src", default=None, help=f"{split} source file (--task files)")
+        p.add_argument(f"--{split}-tgt", default=None, help=f"{split} target file (--task files)")
+    p.add_argument("--train-tsv", default=None, help="tab-separated source<TAB>target (--task files)")
+    p.add_argument("--valid-tsv", default=None)
+    p.add_argument("--n-train", type=int, default=None, help="generated tasks: training examples")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, tokenizer, logs)")
+    p.add_argument("--arch", default="transformer", help="transformer | rnn | rnn-attn | sat | caption-transformer")
+    p.add_argument("--attention", default=None, help="rnn-attn: bahdanau | luong-dot | luong-general")
+    p.add_argument("--preset", default=None, help=f"model size ({', '.join(TRANSFORMER_PRESETS)})")
+    p.add_argument("--vocab-size", type=int, default=None, help="subword vocabulary size")
+    p.add_argument("--separate-vocab", action="store_true", help="separate source/target vocabularies")
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget for the run")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training or model setting, e.g. --set warmup_steps=2000 --set d_model=256")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overrides: dict[str, str],
+                    model_fields: set[str]) -> TrainConfig:
+    train_values = train_cfg.to_dict()
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            key = key[6:]
+            target = "model"
+        elif key.startswith("train."):
+            key = key[6:]
+            target = "train"
+        else:
+            target = "train" if key in train_values else "model" if key in model_fields else None
+        if target == "train" and key in train_values:
+            train_values[key] = coerce(value, train_values[key])
+        elif target == "model" and key in model_fields:
+            model_values[key] = coerce(value, model_values.get(key))
+        else:
+            raise ValueError(f"--set {key}: no such training or model setting")
+    return TrainConfig.from_dict(train_values)
+
+
+def default_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.training import pipeline
+
+    summary = pipeline.train_from_args(args)
+    print(json.dumps(summary, indent=2), file=sys.stderr if args.no_progress else sys.stdout)
+    return 0
+
+
+__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "default_device", "dataclasses", "Path"]

@@ -1,0 +1,19 @@
+"""sacreBLEU and chrF on detokenised output (default settings: 13a tokenisation, case-sensitive)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import sacrebleu
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bleu_signature": str(bleu.format(signature=True))}
+
+
+def perplexity(nll_sum: float, n_tokens: int) -> float:
+    return math.exp(min(nll_sum / max(n_tokens, 1), 100.0))

@@ -1,0 +1,94 @@
+"""Reading and writing a run directory's description (config.json) and loading a trained model.
+
+`load_run(path)` accepts a training run (RUN/), or one of its checkpoints (RUN/checkpoints/step-N).
+Every failure is a one-line error naming the path and the problem.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnlab.models.registry import build_model
+from attnlab.training.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, atomic_write_json, load_weights
+
+
+@dataclass
+class LoadedRun:
+    model: nn.Module
+    tokenizers: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def write_run_config(run_dir: Path, arch: str, model_config: dict, task: dict, train: dict,
+                     tokenizer: dict, extra: dict | None = None) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(run_dir) / "config.json", {
+        "format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "model": model_config,
+        "task": task, "train": train, "tokenizer": tokenizer, **(extra or {}),
+    })
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise CheckpointError(f"model directory {run_dir} not found")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory (pass the run directory given to 'attnlab train --out')")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an attnlab model directory: no config.json")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{run_dir} is not an attnlab model directory (config.json has no '{FORMAT}' format tag)")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{run_dir} was written by a newer attnlab (format {meta['version']})")
+    for key in ("arch", "model", "tokenizer"):
+        if key not in meta:
+            raise CheckpointError(f"{path} is missing the '{key}' entry")
+    return meta
+
+
+def load_tokenizers(run_dir: Path, info: dict[str, Any]) -> Any:
+    kind = info.get("kind", "subword")
+    if kind == "subword":
+        from attnlab.data.tokenizer import TokenizerPair
+
+        return TokenizerPair.load(run_dir)
+    if kind == "word":
+        from attnlab.data.word_vocab import WordVocab
+
+        return WordVocab.load(Path(run_dir) / info.get("file", "vocab.json"))
+    raise CheckpointError(f"{run_dir}: unknown tokenizer kind {kind!r}")
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Build the model described by RUN/config.json and load its weights and tokenizer."""
+    path = Path(path)
+    weights = path / "model.safetensors"
+    run_dir = path
+    if (path / "state.json").is_file() and not (path / "config.json").is_file():  # a checkpoint dir
+        run_dir = path.parent.parent
+    meta = read_run_config(run_dir)
+    if not weights.is_file():
+        raise CheckpointError(f"{path} has no model.safetensors (training never saved a checkpoint?)")
+    try:
+        model = build_model(meta["arch"], meta["model"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{run_dir}/config.json describes no valid model: {err}") from None
+    load_weights(model, weights)
+    tokenizers = load_tokenizers(run_dir, meta["tokenizer"])
+    vocab = getattr(getattr(tokenizers, "tgt", tokenizers), "vocab_size", None)
+    expected = meta["model"].get("tgt_vocab_size") or meta["model"].get("vocab_size")
+    if vocab is not None and expected is not None and vocab != expected:
+        raise CheckpointError(f"{run_dir}: tokenizer has {vocab} target tokens but the model expects {expected}")
+    model.to(device).eval()
+    return LoadedRun(model, tokenizers, meta, run_dir)

@@ -1,0 +1,78 @@
+"""From a task name and options to encoded training data: corpus -> tokenizer -> token ids.
+
+Tasks: `multi30k` (local copy or download), generated `dates`, `numbers`, `copy`, `reverse` (no
+download; the README demo), and `files` (your own line-aligned or TSV parallel text).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attnlab.data.corpora import ParallelCorpus, read_parallel, read_tsv
+from attnlab.data.generated import make_generated_corpus
+from attnlab.data.multi30k import load_multi30k
+from attnlab.data.tokenizer import TokenizerPair
+
+GENERATED = ("dates", "numbers", "copy", "reverse")
+TRANSLATION_TASKS = ("multi30k", "files", *GENERATED)
+
+
+@dataclass
+class TaskSpec:
+    task: str = "dates"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    data_dir: str | None = None
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+    train_tsv: str | None = None
+    valid_tsv: str | None = None
+    n_train: int = 20000
+    n_valid: int = 500
+    n_test: int = 500
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TaskSpec":
+        names = cls.__dataclass_fields__
+        return cls(**{k: getattr(args, k) for k in names if hasattr(args, k) and getattr(args, k) is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def load_corpus(spec: TaskSpec) -> ParallelCorpus:
+    if spec.task == "multi30k":
+        return load_multi30k(spec.src_lang, spec.tgt_lang, data_dir=spec.data_dir)
+    if spec.task in GENERATED:
+        kw: dict[str, Any] = {}
+        if spec.task in ("dates", "numbers"):
+            kw = {"src_lang": spec.src_lang, "tgt_lang": spec.tgt_lang}
+        return make_generated_corpus(spec.task, spec.n_train, spec.n_valid, spec.n_test, spec.seed, **kw, **spec.extra)
+    if spec.task == "files":
+        if spec.train_tsv:
+            train = read_tsv(spec.train_tsv)
+            valid = read_tsv(spec.valid_tsv) if spec.valid_tsv else []
+        elif spec.train_src and spec.train_tgt:
+            train = read_parallel(spec.train_src, spec.train_tgt)
+            valid = read_parallel(spec.valid_src, spec.valid_tgt) if spec.valid_src and spec.valid_tgt else []
+        else:
+            raise ValueError("--task files needs --train-src and --train-tgt (or --train-tsv)")
+        test = read_parallel(spec.test_src, spec.test_tgt) if spec.test_src and spec.test_tgt else []
+        if not valid:  # hold out a little of the training data
+            n = max(1, min(1000, len(train) // 20))
+            train, valid = train[:-n], train[-n:]
+        return ParallelCorpus(name="files", src_lang=spec.src_lang, tgt_lang=spec.tgt_lang,
+                              train=train, valid=valid, test=test)
+    raise ValueError(f"unknown task {spec.task!r}; choose from {', '.join(TRANSLATION_TASKS)}")
+
+
+def build_tokenizers(corpus: ParallelCorpus, vocab_size: int, joint: bool = True, model: str = "bpe") -> TokenizerPair:
+    return TokenizerPair.train(corpus.train, vocab_size=vocab_size, joint=joint, model=model)

@@ -1,0 +1,259 @@
+"""Checkpoints that survive a kill -9 and refuse to load anything foreign.
+
+Layout of a run directory:
+    RUN/config.json            what the model is: format tag, arch, model config, task, training config
+    RUN/model.safetensors      the weights `attnlab translate --model RUN` uses (best so far)
+    RUN/tokenizer.json         (or src_tokenizer.json + tgt_tokenizer.json)
+    RUN/checkpoints/step-000100/{model.safetensors, optimizer.pt, state.json}
+    RUN/checkpoints/LATEST     name of the newest complete checkpoint
+
+Every file is written to a temporary name, fsync'ed, then renamed into place, so a crash leaves
+either the old or the new version, never half a file. `state.json` records each file's sha256 and is
+checked on load. Weights are safetensors; the optimizer state is loaded with `weights_only=True`,
+so loading never unpickles code. Saved weights are those of the unwrapped model (no DDP or
+torch.compile prefixes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from torch import nn
+
+FORMAT = "attnlab"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model directory that cannot be written or read (message is one line)."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write the unwrapped model's weights as safetensors (tied weights stored once)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    try:
+        missing, unexpected = st_load_model(unwrap(model), str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"weights file {path} is corrupt or not safetensors: {err}") from None
+    except RuntimeError as err:  # shape mismatch
+        first = str(err).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
+        raise CheckpointError(f"weights in {path} do not fit the model config: {detail}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {path} do not fit the model config: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    state: dict[str, Any],
+    keep_last: int = 3,
+) -> Path:
+    """Write RUN/checkpoints/step-NNNNNN atomically (temp dir, then rename) and point LATEST at it.
+
+    On any OS error (disk full, no permission) the partial checkpoint is removed, the previous one
+    is kept, and a one-line CheckpointError says what happened."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = f"step-{step:07d}"
+    final = ckpt_root / name
+    tmp: Path | None = None
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
+        save_weights(model, tmp / "model.safetensors")
+        extra = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+        }
+        buf_path = tmp / "optimizer.pt"
+        torch.save(extra, buf_path)
+        with open(buf_path, "rb") as f:
+            os.fsync(f.fileno())
+        files = {p.name: sha256(p) for p in (tmp / "model.safetensors", buf_path)}
+        atomic_write_json(tmp / "state.json", {"format": FORMAT, "version": FORMAT_VERSION, "step": step,
+                                               "files": files, **state})
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tmp = None
+        _fsync_dir(ckpt_root)
+        atomic_write_bytes(ckpt_root / "LATEST", (name + "\n").encode())
+    except OSError as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        kept = f"; the previous checkpoint {previous.name} is kept" if previous else ""
+        reason = err.strerror or str(err)
+        raise CheckpointError(f"could not save checkpoint {name} in {ckpt_root}: {reason}{kept}") from None
+    _prune(ckpt_root, keep_last)
+    return final
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".step-*"):  # leftovers of a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "LATEST"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if candidate.is_dir():
+            return candidate
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    ckpt = Path(ckpt)
+    state_file = ckpt / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete: no state.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json unreadable ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{ckpt} is not an attnlab checkpoint (no '{FORMAT}' format tag)")
+    for fname, digest in state.get("files", {}).items():
+        path = ckpt / fname
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {fname} missing")
+        if sha256(path) != digest:
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: {fname} does not match its sha256")
+    return state
+
+
+def load_checkpoint(
+    ckpt: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Verify, then load weights (+ optimizer, scheduler, RNG). Returns the trainer state dict."""
+    state = read_checkpoint_state(ckpt)
+    load_weights(model, Path(ckpt) / "model.safetensors")
+    if optimizer is not None or scheduler is not None or restore_rng:
+        try:
+            extra = torch.load(Path(ckpt) / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
+            raise CheckpointError(f"checkpoint {ckpt}: optimizer.pt unreadable ({type(err).__name__})") from None
+        if optimizer is not None and extra.get("optimizer"):
+            optimizer.load_state_dict(extra["optimizer"])
+        if scheduler is not None and extra.get("scheduler"):
+            scheduler.load_state_dict(extra["scheduler"])
+        if restore_rng and "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])
+    return state
+
+
+def average_checkpoints(paths: list[Path], model: nn.Module) -> nn.Module:
+    """Load the element-wise mean of several checkpoints' weights into `model` (paper, section 6.1)."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    target = unwrap(model)
+    total: dict[str, torch.Tensor] | None = None
+    for path in paths:
+        read_checkpoint_state(path)
+        load_weights(target, Path(path) / "model.safetensors")
+        sd = {k: v.detach().float().clone() for k, v in target.state_dict().items()}
+        total = sd if total is None else {k: total[k] + sd[k] for k in total}
+    assert total is not None
+    target.load_state_dict({k: (v / len(paths)).to(target.state_dict()[k].dtype) for k, v in total.items()})
+    return model

@@ -1,0 +1,345 @@
+"""The training loop: Adam + warm-up, label smoothing, clipping, accumulation, autocast, validation
+(loss, perplexity, BLEU), best-model tracking, early stopping, a time budget, checkpoints and exact resume.
+
+Works on one process or under torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPU): batches
+are sharded by the sampler, gradients of accumulated batches are synchronised once (`no_sync`), and
+rank 0 alone logs, validates and writes checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from attnlab.data.batching import Batch, TokenBatchSampler, collate
+from attnlab.metrics.bleu import corpus_scores, perplexity
+from attnlab.training.amp import autocast, resolve_amp
+from attnlab.training.checkpoint import (
+    average_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    unwrap,
+)
+from attnlab.training.config import TrainConfig
+from attnlab.training.loss import label_smoothed_nll
+from attnlab.training.schedule import inverse_sqrt_schedule
+
+Example = tuple[Any, list[int]]  # (source ids or image, target ids BOS ... EOS)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message names the step."""
+
+
+@dataclass
+class ValidationSet:
+    examples: list[Example]  # encoded, for loss / perplexity
+    sources: list[Any]  # raw source sentences (or images) for BLEU
+    references: list[Any]  # raw reference sentences (or lists of them)
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        train: list[Example],
+        valid: ValidationSet | None,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        device: str | torch.device = "cpu",
+        translate_fn: Callable[[nn.Module, Sequence[Any], int], list[str]] | None = None,
+        collate_fn: Callable[[list[Example], int], Batch] = collate,
+        d_model: int | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir)
+        self.train_data = train
+        self.valid = valid
+        self.translate_fn = translate_fn
+        self.collate_fn = collate_fn
+        self.progress = progress and is_main_process()
+        self.amp = resolve_amp(cfg.amp, self.device)
+        self.pad_id = unwrap(model).pad_id
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+
+        model.to(self.device)
+        self.model = model
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        d_model = d_model or getattr(getattr(unwrap(model), "cfg", None), "d_model", 512)
+        self.optimizer = torch.optim.Adam(
+            unwrap(model).parameters(), lr=1.0, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scheduler = inverse_sqrt_schedule(self.optimizer, d_model, cfg.warmup_steps, cfg.lr_scale)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        src_len = [self._length(ex[0]) for ex in train]
+        tgt_len = [len(ex[1]) for ex in train]
+        self.sampler = TokenBatchSampler(src_len, tgt_len, cfg.max_tokens, shuffle=True, seed=cfg.seed,
+                                         num_replicas=self.world, rank=self.rank)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.elapsed = 0.0  # seconds of training before this process (resume)
+        self.history: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _length(src: Any) -> int:
+        return len(src) if isinstance(src, (list, tuple)) else 1
+
+    # ---- state -----------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+                "bad_evals": self.bad_evals, "elapsed": self.elapsed_seconds(), "amp": self.amp}
+
+    def resume(self) -> bool:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        state = load_checkpoint(ckpt, unwrap(self.model), self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best = state.get("best")
+        self.bad_evals = int(state.get("bad_evals", 0))
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self._log({"event": "resume", "step": self.step, "checkpoint": ckpt.name})
+        return True
+
+    def elapsed_seconds(self) -> float:
+        return self.elapsed + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        self.history.append(record)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ---- one optimizer step ----------------------------------------------------------------
+    def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model = self.model
+        with autocast(self.amp, self.device):
+            bare = unwrap(model)
+            if hasattr(bare, "forward_with_aux") and self.world == 1:
+                logits, aux = bare.forward_with_aux(batch.src, batch.tgt_in)
+            else:
+                logits, aux = model(batch.src, batch.tgt_in), None
+        loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.pad_id, self.cfg.label_smoothing)
+        if aux is not None:
+            loss = loss + aux.float()
+        return loss, nll, batch.n_tokens
+
+    def train_step(self, batches: list[Batch]) -> dict[str, float]:
+        self.model.train()
+        n_tokens = sum(int(b.n_tokens) for b in batches)
+        if self.world > 1:  # normalise by the global token count so DDP equals one big batch
+            t = torch.tensor([n_tokens], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            n_tokens = int(t.item())
+        total_loss = total_nll = 0.0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            ctx = self.model.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
+            with ctx:
+                loss, nll, _ = self._forward_loss(batch)
+                # DDP averages gradients over ranks; multiply back so the sum over all tokens is used
+                self.scaler.scale(loss * self.world / max(n_tokens, 1)).backward()
+            total_loss += float(loss.detach())
+            total_nll += float(nll)
+        if not math.isfinite(total_loss):
+            raise TrainingError(f"loss became {total_loss} at step {self.step + 1}; stopping (try a lower "
+                                f"lr_scale, amp=none, or check the data)")
+        if self.cfg.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.cfg.clip_norm))
+        else:
+            grad_norm = float("nan")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        local_tokens = sum(int(b.n_tokens) for b in batches)
+        return {"loss": total_loss / max(local_tokens, 1), "nll": total_nll / max(local_tokens, 1),
+                "tokens": local_tokens, "grad_norm": grad_norm}
+
+    # ---- validation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        if self.valid is None:
+            return {}
+        model = unwrap(self.model)
+        model.eval()
+        nll_sum, tokens = 0.0, 0
+        loss_sum = 0.0
+        sampler = TokenBatchSampler([self._length(e[0]) for e in self.valid.examples],
+                                    [len(e[1]) for e in self.valid.examples], self.cfg.max_tokens, shuffle=False)
+        for idx in sampler:
+            batch = self.collate_fn([self.valid.examples[i] for i in idx], self.pad_id).to(self.device)
+            with autocast(self.amp, self.device):
+                logits = model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.pad_id, self.cfg.label_smoothing)
+            loss_sum += float(loss)
+            nll_sum += float(nll)
+            tokens += int(batch.n_tokens)
+        result: dict[str, Any] = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": perplexity(nll_sum, tokens)}
+        n = self.cfg.eval_bleu_sentences
+        if n and self.translate_fn is not None and self.valid.sources:
+            hyps = self.translate_fn(model, self.valid.sources[:n], self.cfg.eval_beam)
+            refs = self.valid.references[:n]
+            result.update({k: v for k, v in corpus_scores(hyps, refs).items() if k != "bleu_signature"})
+            result["valid_sample"] = hyps[0]
+        model.train()
+        return result
+
+    def _score(self, result: dict[str, Any]) -> float:
+        return float(result["bleu"]) if "bleu" in result else -float(result["valid_loss"])
+
+    def _evaluate_and_save(self) -> bool:
+        """Validate, keep the best weights, checkpoint. Returns True when early stopping triggers."""
+        stop = False
+        if is_main_process():
+            result = self.validate()
+            improved = False
+            if result:
+                score = self._score(result)
+                improved = self.best is None or score > self.best
+                if improved:
+                    self.best = score
+                    self.bad_evals = 0
+                else:
+                    self.bad_evals += 1
+            if improved or not result:
+                save_weights(unwrap(self.model), self.run_dir / "model.safetensors", {"step": str(self.step)})
+            save_checkpoint(self.run_dir, self.step, unwrap(self.model), self.optimizer, self.scheduler,
+                            self.trainer_state(), self.cfg.keep_last)
+            self._log({"event": "valid", "step": self.step, "epoch": self.epoch,
+                       "minutes": round(self.elapsed_seconds() / 60, 2), "best": self.best, **result})
+            if self.progress and result:
+                shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "valid_sample"}
+                tqdm.write(f"step {self.step}: {shown} | {result.get('valid_sample', '')[:80]}")
+            stop = bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
+        if self.world > 1:
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _out_of_budget(self) -> bool:
+        cfg = self.cfg
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return True
+        if cfg.max_epochs and self.epoch >= cfg.max_epochs:
+            return True
+        if cfg.max_minutes and self.elapsed_seconds() >= cfg.max_minutes * 60:
+            stop = True
+        else:
+            stop = False
+        if self.world > 1:  # every rank must agree, or collectives hang
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if resume:
+            self.resume()
+        else:
+            torch.manual_seed(cfg.seed)
+        self._t0 = time.perf_counter()
+        total = cfg.max_steps or (cfg.max_epochs * len(self.sampler) // cfg.accum_steps if cfg.max_epochs else None)
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        window_tokens, window_t0, stats = 0, time.perf_counter(), {}
+        last_eval_step = self.step
+        stopped = "budget"
+        while not self._out_of_budget():
+            self.sampler.set_epoch(self.epoch)
+            batches = list(self.sampler)
+            pending: list[Batch] = []
+            while self.batch_in_epoch < len(batches):
+                idx = batches[self.batch_in_epoch]
+                self.batch_in_epoch += 1
+                pending.append(self.collate_fn([self.train_data[i] for i in idx], self.pad_id).to(self.device))
+                if len(pending) < cfg.accum_steps and self.batch_in_epoch < len(batches):
+                    continue
+                stats = self.train_step(pending)
+                pending = []
+                window_tokens += stats["tokens"]
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    now = time.perf_counter()
+                    tok_s = window_tokens * self.world / max(now - window_t0, 1e-9)
+                    window_tokens, window_t0 = 0, now
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
+                                    ep=self.epoch, min=f"{self.elapsed_seconds() / 60:.1f}")
+                    self._log({"event": "train", "step": self.step, "epoch": self.epoch, "loss": stats["loss"],
+                               "ppl": perplexity(stats["nll"], 1), "lr": lr, "tokens_per_s": tok_s,
+                               "grad_norm": stats["grad_norm"], "minutes": round(self.elapsed_seconds() / 60, 3)})
+                if self.step % cfg.eval_every == 0:
+                    last_eval_step = self.step
+                    if self._evaluate_and_save():
+                        stopped = "early_stopping"
+                        break
+                if self._out_of_budget():
+                    break
+            if stopped == "early_stopping":
+                break
+            if self.batch_in_epoch >= len(batches):
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+        if self.step != last_eval_step:
+            self._evaluate_and_save()
+        if cfg.average_last > 1 and is_main_process():
+            self._average(cfg.average_last)
+        summary = {"steps": self.step, "epochs": self.epoch, "minutes": round(self.elapsed_seconds() / 60, 2),
+                   "best": self.best, "stopped": stopped, "amp": self.amp}
+        self._log({"event": "end", **summary})
+        return summary
+
+    def _average(self, k: int) -> None:
+        paths = list_checkpoints(self.run_dir)[-k:]
+        if len(paths) < 2:
+            return
+        model = unwrap(self.model)
+        backup = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        average_checkpoints(paths, model)
+        result = self.validate()
+        score = self._score(result) if result else None
+        if score is not None and self.best is not None and score <= self.best:
+            model.load_state_dict(backup)  # averaging did not help: keep the best single model
+            self._log({"event": "average", "checkpoints": [p.name for p in paths], "kept": False, **result})
+            return
+        save_weights(model, self.run_dir / "model.safetensors", {"averaged": str(len(paths))})
+        self.best = score if score is not None else self.best
+        self._log({"event": "average", "checkpoints": [p.name for p in paths], "kept": True, **result})

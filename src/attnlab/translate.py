@@ -1,0 +1,135 @@
+"""Translate text with a trained model: batching by length, greedy or beam search, detokenisation.
+
+Used by the CLI (`translate`, `evaluate`), validation during training, and the HTTP service.
+Empty lines translate to empty lines; over-long inputs are truncated with one warning; unknown
+characters map to <unk> in the tokenizer and never crash.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from attnlab.decoding import beam_search, greedy
+from attnlab.run_dir import LoadedRun, load_run
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 1
+    length_penalty: float = 0.6
+    max_len_a: float = 1.5  # max output length = a * source length + b
+    max_len_b: int = 10
+    max_src_len: int = 256  # longer inputs are truncated (with a warning)
+    batch_tokens: int = 6000  # source tokens per decoding batch
+    n_best: int = 1
+    amp: str = "auto"  # "bf16" speeds up CPU decoding where supported; "auto" = off for decoding
+
+
+def source_ids(tokenizers: Any, text: str) -> list[int]:
+    """The source side as the model saw it in training: subwords followed by EOS."""
+    return tokenizers.src.encode(text) + [tokenizers.src.eos_id]
+
+
+class Translator:
+    def __init__(self, model: nn.Module, tokenizers: Any, device: str | torch.device = "cpu", meta: dict | None = None):
+        self.model = model.to(device).eval()
+        self.tokenizers = tokenizers
+        self.device = torch.device(device)
+        self.meta = meta or {}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+        run: LoadedRun = load_run(path, device)
+        return cls(run.model, run.tokenizers, device, run.meta)
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizers.tgt.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizers.tgt.eos_id
+
+    def encode_sources(self, sentences: Sequence[str], max_src_len: int) -> list[list[int]]:
+        encoded, truncated = [], 0
+        for text in sentences:
+            ids = source_ids(self.tokenizers, text)
+            if len(ids) > max_src_len:
+                ids = ids[: max_src_len - 1] + [self.tokenizers.src.eos_id]
+                truncated += 1
+            encoded.append(ids)
+        if truncated:
+            warnings.warn(f"{truncated} input(s) longer than {max_src_len} tokens were truncated", stacklevel=3)
+        return encoded
+
+    def _batches(self, lengths: list[int], batch_tokens: int) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches, current, longest = [], [], 0
+        for i in order:
+            longest_if = max(longest, lengths[i])
+            if current and longest_if * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current, longest_if = [], lengths[i]
+            current.append(i)
+            longest = longest_if
+        if current:
+            batches.append(current)
+        return batches
+
+    @torch.no_grad()
+    def translate_ids(self, sources: list[list[int]], cfg: DecodeConfig) -> list[list[list[int]]]:
+        """Token-id sources -> for each, up to n_best token-id outputs (no BOS/EOS/pad)."""
+        pad = self.model.pad_id
+        results: list[list[list[int]]] = [[] for _ in sources]
+        for batch in self._batches([len(s) for s in sources], cfg.batch_tokens):
+            width = max(len(sources[i]) for i in batch)
+            src = torch.full((len(batch), width), pad, dtype=torch.long)
+            for row, i in enumerate(batch):
+                src[row, : len(sources[i])] = torch.tensor(sources[i])
+            src = src.to(self.device)
+            max_len = int(cfg.max_len_a * width + cfg.max_len_b)
+            use_bf16 = cfg.amp == "bf16"
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                if cfg.beam <= 1:
+                    out = greedy(self.model, src, max_len=max_len, bos_id=self.bos_id, eos_id=self.eos_id)
+                    for row, i in enumerate(batch):
+                        results[i] = [self._strip(out[row].tolist())]
+                else:
+                    hyps = beam_search(self.model, src, beam_size=cfg.beam, max_len=max_len, bos_id=self.bos_id,
+                                       eos_id=self.eos_id, length_penalty_alpha=cfg.length_penalty,
+                                       n_best=cfg.n_best)
+                    for row, i in enumerate(batch):
+                        results[i] = [self._strip(h.tokens) for h in hyps[row]]
+        return results
+
+    def _strip(self, tokens: list[int]) -> list[int]:
+        out = []
+        for t in tokens:
+            if t == self.eos_id:
+                break
+            if t != self.model.pad_id:
+                out.append(t)
+        return out
+
+    def translate(self, sentences: Sequence[str], cfg: DecodeConfig | None = None, **overrides: Any) -> list[str]:
+        """Translate each sentence (best hypothesis). Empty or blank lines give empty lines."""
+        return [n[0] if n else "" for n in self.translate_n_best(sentences, cfg, **overrides)]
+
+    def translate_n_best(self, sentences: Sequence[str], cfg: DecodeConfig | None = None, **overrides: Any) -> list[list[str]]:
+        cfg = cfg or DecodeConfig()
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        out: list[list[str]] = [[""] for _ in sentences]
+        real = [i for i, s in enumerate(sentences) if s.strip()]
+        if not real:
+            return out
+        ids = self.encode_sources([sentences[i] for i in real], cfg.max_src_len)
+        decoded = self.translate_ids(ids, cfg)
+        for i, hyps in zip(real, decoded):
+            out[i] = [self.tokenizers.tgt.decode(h) for h in hyps] or [""]
+        return out

@@ -1,0 +1,49 @@
+"""Warm-up schedule and label-smoothed loss (paper, sections 5.3 and 5.4)."""
+import math
+
+import pytest
+import torch
+
+from attnlab.training.loss import label_smoothed_nll
+from attnlab.training.schedule import inverse_sqrt_lr, inverse_sqrt_schedule, peak_lr
+
+
+def test_schedule_is_the_paper_formula():
+    d, warmup = 512, 4000
+    for step in (1, 100, 4000, 10000, 100000):
+        expected = d**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert inverse_sqrt_lr(step, d, warmup) == pytest.approx(expected)
+    assert peak_lr(512, 4000) == pytest.approx(512**-0.5 * 4000**-0.5)
+    # rises linearly during warm-up, then decays as 1/sqrt(step)
+    assert inverse_sqrt_lr(2000, d, warmup) == pytest.approx(inverse_sqrt_lr(4000, d, warmup) / 2)
+    assert inverse_sqrt_lr(16000, d, warmup) == pytest.approx(inverse_sqrt_lr(4000, d, warmup) / 2)
+
+
+def test_lambda_scheduler_follows_the_formula():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=123.0)
+    sched = inverse_sqrt_schedule(opt, 256, 10, scale=2.0)
+    seen = []
+    for _ in range(30):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx(inverse_sqrt_lr(1, 256, 10, 2.0))
+    assert seen[9] == pytest.approx(peak_lr(256, 10, 2.0))
+    assert max(seen) == pytest.approx(peak_lr(256, 10, 2.0))
+
+
+def test_label_smoothed_loss_values():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5)
+    target = torch.tensor([[1, 2, 0], [3, 4, 4]])  # 0 = pad
+    loss, nll = label_smoothed_nll(logits, target, pad_id=0, smoothing=0.1)
+    logp = logits.log_softmax(-1)
+    keep = target != 0
+    expected_nll = -logp.gather(-1, target[..., None])[..., 0][keep].sum()
+    uniform = -logp.mean(-1)[keep].sum()
+    assert float(nll) == pytest.approx(float(expected_nll), rel=1e-5)
+    assert float(loss) == pytest.approx(float(0.9 * expected_nll + 0.1 * uniform), rel=1e-5)
+    plain, plain_nll = label_smoothed_nll(logits, target, pad_id=0, smoothing=0.0)
+    assert float(plain) == pytest.approx(float(expected_nll), rel=1e-5)
+    assert math.isfinite(float(plain_nll))
