@@ -4,15 +4,17 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
-    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2), "bleu_signature": str(bleu.format(signature=True))}
+    bleu_metric, chrf_metric = BLEU(), CHRF()
+    bleu = bleu_metric.corpus_score(list(hypotheses), [list(references)])
+    chrf = chrf_metric.corpus_score(list(hypotheses), [list(references)])
+    return {"bleu": round(bleu.score, 2), "chrf": round(chrf.score, 2),
+            "bleu_signature": f"{bleu_metric.get_signature()} = {str(bleu).split('= ', 1)[-1]}"}
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:

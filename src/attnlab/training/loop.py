@@ -277,7 +277,10 @@ class Trainer:
             torch.manual_seed(cfg.seed)
         self._t0 = time.perf_counter()
         total = cfg.max_steps or (cfg.max_epochs * len(self.sampler) // cfg.accum_steps if cfg.max_epochs else None)
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        import sys
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if interactive else 30.0)
         window_tokens, window_t0, stats = 0, time.perf_counter(), {}
         last_eval_step = self.step
         stopped = "budget"
