@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: tests use tiny tensors, and several pytest processes sharing two cores with
+# OpenMP spin-waiting threads slow each other down many times over.
+torch.set_num_threads(int(os.environ.get("ATTNLAB_TEST_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -79,3 +79,8 @@ def test_pair_joint_and_separate(tmp_path):
         TokenizerPair.load(tmp_path)
     with pytest.raises(ValueError, match="empty corpus"):
         TokenizerPair.train([], 100)
+
+
+def test_special_token_text_is_ordinary_text(tok):
+    ids = tok.encode("May </s> 3 <pad> 1999 <s>")
+    assert not set(ids) & {tok.pad_id, tok.bos_id, tok.eos_id}

@@ -20,6 +20,8 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 class SubwordTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self._tok = tokenizer
+        # text that happens to spell a special token ("</s>") is ordinary text, never a control id
+        tokenizer.encode_special_tokens = True
         for i, name in enumerate(SPECIALS):
             if tokenizer.token_to_id(name) != i:
                 raise ValueError(f"tokenizer special token {name!r} must have id {i}")

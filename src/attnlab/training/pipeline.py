@@ -120,6 +120,8 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
     # command-line budget flags apply to new and resumed runs alike
     train_values = train_cfg.to_dict()
+    if not resuming and args.max_minutes is None and (args.max_steps or args.max_epochs):
+        train_values["max_minutes"] = 0.0  # an explicit step/epoch budget replaces the task's default time budget
     for flag in ("max_minutes", "max_steps", "max_epochs"):
         if getattr(args, flag) is not None:
             train_values[flag] = getattr(args, flag)

@@ -1,0 +1,101 @@
+"""The `attnlab` command end to end on a generated task, and its one-line errors."""
+import json
+
+import pytest
+
+from attnlab.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "dates"
+    code = main(["train", "--task", "dates", "--out", str(out), "--n-train", "3000", "--max-steps", "120",
+                 "--preset", "tiny", "--no-progress", "--set", "eval_every=60", "--set", "eval_bleu_sentences=50",
+                 "--set", "warmup_steps=60", "--set", "lr_scale=0.5", "--set", "max_tokens=1500"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_a_complete_run(run_dir):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "log.jsonl", "checkpoints/LATEST"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert meta["format"] == "attnlab" and meta["arch"] == "transformer" and meta["task"]["task"] == "dates"
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    valid = [e for e in events if e["event"] == "valid"]
+    assert [e["step"] for e in valid] == [60, 120]
+    assert valid[-1]["bleu"] > valid[0]["bleu"]  # it learns
+    assert events[-1]["event"] == "end" and events[-1]["steps"] == 120
+
+
+def test_translate_text_stdin_empty_lines_and_n_best(run_dir, capsys, monkeypatch):
+    import io
+
+    assert main(["translate", "--model", str(run_dir), "--text", "May 3, 1999", "--text", ""]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[1] == "" and lines[0] != ""
+    monkeypatch.setattr("sys.stdin", io.StringIO("June 1, 2001\n\n   \nMay 3, 1999\n"))
+    assert main(["translate", "--model", str(run_dir), "--beam", "3", "--n-best", "2"]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert out[1] == "" and out[2] == ""
+    assert len(out[0].split("\t")) == 2
+
+
+def test_overlong_input_warns_and_still_translates(run_dir, capsys):
+    long = " ".join(["Saturday, March 14, 2026"] * 200)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert main(["translate", "--model", str(run_dir), "--text", long, "--max-src-len", "64"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_evaluate_json_and_attention_png(run_dir, capsys, tmp_path):
+    assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--limit", "40", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) >= {"bleu", "chrf", "sentences", "seconds"} and result["sentences"] == 40
+    assert 0 <= result["bleu"] <= 100
+    png = tmp_path / "attn.png"
+    assert main(["attention", "--model", str(run_dir), "--text", "May 3, 1999", "--out", str(png),
+                 "--layer", "0", "--head", "1"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("encoder", "decoder"):
+        assert main(["attention", "--model", str(run_dir), "--text", "May 3, 1999", "--out", str(png),
+                     "--kind", kind]) == 0
+
+
+def test_resume_continues_to_a_larger_budget(run_dir):
+    assert main(["train", "--out", str(run_dir), "--resume", "--max-steps", "130", "--no-progress"]) == 0
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e["event"] == "resume"]
+    assert resume and resume[-1]["step"] == 120
+    assert events[-1]["event"] == "end" and events[-1]["steps"] == 130
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["translate", "--model", "/nonexistent/run", "--text", "x"], "model directory /nonexistent/run not found"),
+    (["evaluate", "--model", "{run}", "--src", "/nonexistent.de", "--ref", "/nonexistent.en"], "not found"),
+    (["evaluate", "--model", "{run}"], "pass --src FILE --ref FILE"),
+    (["translate", "--model", "{run}", "--text", "x", "--beam", "0"], "--beam must be >= 1"),
+    (["attention", "--model", "{run}", "--text", "x", "--out", "{tmp}/a.png", "--layer", "7"], "the model has 2 layers"),
+    (["train", "--task", "dates", "--out", "{tmp}/new", "--set", "bogus=1", "--max-steps", "1"], "no such training or model setting"),
+    (["train", "--task", "nope", "--out", "{tmp}/new2"], "unknown task"),
+    (["train", "--task", "dates", "--out", "{run}"], "already holds a training run"),
+])
+def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(run=run_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_corrupt_weights_are_a_clear_error(run_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[:100])
+    assert main(["translate", "--model", str(broken), "--text", "x"]) == 2
+    assert "corrupt or not safetensors" in capsys.readouterr().err
+    (broken / "config.json").write_text('{"format": "other"}')
+    assert main(["translate", "--model", str(broken), "--text", "x"]) == 2
+    assert "not an attnlab model directory" in capsys.readouterr().err
