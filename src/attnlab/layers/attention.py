@@ -125,3 +125,120 @@ class MultiHeadAttention(nn.Module):
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)
         return self.out_proj(out), weights
+
+
+# ---- attention of the RNN encoder-decoders ------------------------------------------------------
+# One decoder query s (B, d_q) against the encoder states h_1..h_S (B, S, d_m):
+#     a_j = softmax_j(score(s, h_j)) over the real source positions,   context = sum_j a_j h_j.
+# `precompute(memory)` holds everything about the memory that does not change across decoder steps;
+# pass its result as `precomputed=` at every step. Masks: (B, S) bool, True = may attend.
+
+
+def masked_attention(scores: Tensor, memory: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """scores (B, S), memory (B, S, d_m), mask (B, S) -> context (B, d_m), weights (B, S).
+
+    Weights are exactly 0 on masked positions; a row with no position to attend to gets zero
+    weights and a zero context (never NaN, forward or backward).
+    """
+    row_ok = None
+    if mask is not None:
+        if mask.shape != scores.shape or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be bool of shape {tuple(scores.shape)} (True = may attend), "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        row_ok = mask.any(dim=-1, keepdim=True)  # (B, 1)
+        # a fully masked row attends anywhere (finite softmax) and is zeroed below
+        scores = scores.masked_fill(~(mask | ~row_ok), float("-inf"))
+    weights = scores.softmax(dim=-1)  # (B, S)
+    if row_ok is not None:
+        weights = weights * row_ok
+    context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # (B, d_m)
+    return context, weights
+
+
+class _RNNAttention(nn.Module):
+    """Shared interface: forward(query (B, d_q), memory (B, S, d_m), mask (B, S), precomputed)."""
+
+    d_query: int
+    d_memory: int
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        """The per-source part of the score; computed once, reused at every decoder step."""
+        return memory
+
+    def score(self, query: Tensor, memory: Tensor, precomputed: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, query: Tensor, memory: Tensor, mask: Tensor | None = None, precomputed: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """query (B, d_q), memory (B, S, d_m), mask (B, S) bool -> context (B, d_m), weights (B, S)."""
+        if query.dim() != 2 or memory.dim() != 3 or query.size(0) != memory.size(0):
+            raise ValueError(
+                f"{type(self).__name__} expects query (B, d_q) and memory (B, S, d_m), "
+                f"got {tuple(query.shape)} and {tuple(memory.shape)}"
+            )
+        if query.size(-1) != self.d_query or memory.size(-1) != self.d_memory:
+            raise ValueError(
+                f"{type(self).__name__} was built for d_query={self.d_query}, d_memory={self.d_memory}; "
+                f"got query (..., {query.size(-1)}) and memory (..., {memory.size(-1)})"
+            )
+        if precomputed is None:
+            precomputed = self.precompute(memory)
+        return masked_attention(self.score(query, memory, precomputed), memory, mask)
+
+
+class AdditiveAttention(_RNNAttention):
+    """Bahdanau et al. 2014 ("concat" in Luong et al. 2015):
+
+        score(s, h) = v^T tanh(W_s s + W_h h + b)
+
+    W_h h + b does not depend on the decoder step: `precompute(memory)` returns it, (B, S, d_attn).
+    """
+
+    def __init__(self, d_query: int, d_memory: int, d_attn: int | None = None):
+        super().__init__()
+        self.d_query, self.d_memory = d_query, d_memory
+        d_attn = d_attn or d_query
+        self.query_proj = nn.Linear(d_query, d_attn, bias=False)  # W_s
+        self.memory_proj = nn.Linear(d_memory, d_attn)  # W_h, b
+        self.v = nn.Linear(d_attn, 1, bias=False)
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        return self.memory_proj(memory)  # (B, S, d_attn)
+
+    def score(self, query: Tensor, memory: Tensor, precomputed: Tensor) -> Tensor:
+        return self.v(torch.tanh(precomputed + self.query_proj(query).unsqueeze(1))).squeeze(-1)  # (B, S)
+
+
+class DotAttention(_RNNAttention):
+    """Luong et al. 2015, "dot":  score(s, h) = s^T h  (needs d_query == d_memory; no parameters)."""
+
+    def __init__(self, d_query: int, d_memory: int | None = None):
+        super().__init__()
+        d_memory = d_query if d_memory is None else d_memory
+        if d_memory != d_query:
+            raise ValueError(f"dot attention needs d_query == d_memory, got {d_query} and {d_memory}")
+        self.d_query = self.d_memory = d_query
+
+    def score(self, query: Tensor, memory: Tensor, precomputed: Tensor) -> Tensor:
+        return torch.bmm(precomputed, query.unsqueeze(-1)).squeeze(-1)  # (B, S)
+
+
+class GeneralAttention(_RNNAttention):
+    """Luong et al. 2015, "general":  score(s, h) = s^T W h.
+
+    W h does not depend on the decoder step: `precompute(memory)` returns it, (B, S, d_query).
+    """
+
+    def __init__(self, d_query: int, d_memory: int):
+        super().__init__()
+        self.d_query, self.d_memory = d_query, d_memory
+        self.W = nn.Linear(d_memory, d_query, bias=False)
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        return self.W(memory)  # (B, S, d_query)
+
+    def score(self, query: Tensor, memory: Tensor, precomputed: Tensor) -> Tensor:
+        return torch.bmm(precomputed, query.unsqueeze(-1)).squeeze(-1)  # (B, S)

@@ -22,6 +22,7 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+_loaded = False  # not `if _FAMILIES`: a family module imported first registers itself early
 
 
 def register(arch: str, config_cls: type, model_factory: Callable[[Any], nn.Module]) -> None:
@@ -29,8 +30,10 @@ def register(arch: str, config_cls: type, model_factory: Callable[[Any], nn.Modu
 
 
 def _load_builtin() -> None:
-    if _FAMILIES:
+    global _loaded
+    if _loaded:
         return
+    _loaded = True
     from attnlab.models.transformer import Transformer
 
     register("transformer", TransformerConfig, Transformer)
