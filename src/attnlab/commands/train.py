@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-tsv", default=None, help="tab-separated source<TAB>target (--task files)")
     p.add_argument("--valid-tsv", default=None)
     p.add_argument("--n-train", type=int, default=None, help="generated tasks: training examples")
+    p.add_argument("--max-value", type=int, default=None, help="numbers task: largest number (longer sentences)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, tokenizer, logs)")
     p.add_argument("--arch", default="transformer", help="transformer | rnn | rnn-attn | sat | caption-transformer")
     p.add_argument("--attention", default=None, help="rnn-attn: bahdanau | luong-dot | luong-general")

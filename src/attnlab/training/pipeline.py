@@ -47,6 +47,10 @@ def _defaults(task: str) -> dict[str, Any]:
     return TASK_DEFAULTS.get(task, TASK_DEFAULTS["files"])
 
 
+def _rnn_preset(task: str) -> str:
+    return "small" if task in ("multi30k", "files") else "tiny"
+
+
 def make_translate_fn(tokenizers: Any, device: torch.device):
     def translate(model: torch.nn.Module, sources: list[str], beam: int) -> list[str]:
         return Translator(model, tokenizers, device).translate(sources, DecodeConfig(beam=beam))
@@ -65,15 +69,14 @@ def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt
             values.update(TRANSFORMER_PRESETS[preset])
         values.update(task_model)
     else:
-        presets = getattr(fam.config_cls, "PRESETS", None) or {}
-        if preset:
-            if presets and preset not in presets:
-                raise ValueError(f"unknown preset {preset!r} for {arch}; choose from {', '.join(presets)}")
-            values.update(presets.get(preset, {}))
         if getattr(args, "attention", None):
             values["attention"] = args.attention
         if "arch" in {f.name for f in dataclasses.fields(fam.config_cls)}:
             values["arch"] = arch
+        if preset or hasattr(fam.config_cls, "preset"):
+            base = fam.config_cls.preset(preset or "small", src_vocab_size=vocab_src, tgt_vocab_size=vocab_tgt,
+                                         pad_id=pad_id, **values)
+            values = base.to_dict()
     values.update(src_vocab_size=vocab_src, tgt_vocab_size=vocab_tgt, pad_id=pad_id)
     if values.get("share_embeddings") and vocab_src != vocab_tgt:
         values["share_embeddings"] = False
@@ -108,6 +111,8 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         spec.src_lang = args.src_lang or d.get("src_lang", "de")
         spec.tgt_lang = args.tgt_lang or d.get("tgt_lang", "en")
         spec.n_train = args.n_train or d.get("n_train", spec.n_train)
+        if getattr(args, "max_value", None) and spec.task == "numbers":
+            spec.extra = {"max_value": args.max_value}
         if args.seed is not None:
             spec.seed = args.seed
         tokenizers = None
@@ -133,7 +138,8 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         tokenizers = build_tokenizers(corpus, args.vocab_size or d["vocab_size"], joint=not args.separate_vocab)
         out.mkdir(parents=True, exist_ok=True)
         tokenizers.save(out)
-        model_values = model_config_values(arch, args.preset or (d["preset"] if arch == "transformer" else None),
+        preset = args.preset or (d["preset"] if arch == "transformer" else _rnn_preset(args.task))
+        model_values = model_config_values(arch, preset,
                                            tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
                                            tokenizers.tgt.pad_id, d.get("model", {}) if arch == "transformer" else {},
                                            args)
