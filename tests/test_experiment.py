@@ -12,9 +12,10 @@ def test_length_buckets_cover_all_lengths():
 
 
 def test_bleu_by_length_splits_by_source_words():
-    rows = bleu_by_length(["a b", "a b c d e"], ["x y", "p q r s"], ["x y", "no match here at all"], [(1, 3), (4, 6)])
+    good = "the cat sat on the mat today"
+    rows = bleu_by_length(["a b", "a b c d e"], [good, "p q r s"], [good, "no match here at all"], [(1, 3), (4, 6)])
     assert [r["sentences"] for r in rows] == [1, 1]
-    assert rows[0]["bleu"] > 0 and rows[1]["bleu"] == 0
+    assert rows[0]["bleu"] == 100 and rows[1]["bleu"] == 0
 
 
 def test_experiment_runs_every_architecture(tmp_path, capsys):
