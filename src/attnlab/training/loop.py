@@ -308,8 +308,11 @@ class Trainer:
                     tok_s = window_tokens * self.world / max(now - window_t0, 1e-9)
                     window_tokens, window_t0 = 0, now
                     lr = self.scheduler.get_last_lr()[0]
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}",
-                                    ep=self.epoch, min=f"{self.elapsed_seconds() / 60:.1f}")
+                    postfix = dict(loss=f"{stats['loss']:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", ep=self.epoch,
+                                   min=f"{self.elapsed_seconds() / 60:.1f}")
+                    if cfg.max_minutes:  # the time budget's ETA (tqdm shows its own when steps are the budget)
+                        postfix["left"] = f"{max(cfg.max_minutes - self.elapsed_seconds() / 60, 0):.1f}m"
+                    bar.set_postfix(**postfix)
                     self._log({"event": "train", "step": self.step, "epoch": self.epoch, "loss": stats["loss"],
                                "ppl": perplexity(stats["nll"], 1), "lr": lr, "tokens_per_s": tok_s,
                                "grad_norm": stats["grad_norm"], "minutes": round(self.elapsed_seconds() / 60, 3)})
