@@ -17,9 +17,12 @@ from attnlab.export.hf import (
     marian_permutation,
     read_marian_special_ids,
 )
+from attnlab.export.onnx import OnnxTranslator, export_onnx
 
 __all__ = [
     "MarianExportError",
+    "OnnxTranslator",
+    "export_onnx",
     "export_marian",
     "load_marian",
     "marian_permutation",

@@ -1,4 +1,4 @@
-"""The model card (README.md) written with every export, whatever the format.
+"""What every export writes besides the weights: the model card (README.md) and the tokenizer.
 
 It records what the exported weights are (architecture, vocabulary, special ids), how they were
 made (the `model_card` dict: data, training time, BLEU, command, anything else given) and how to
@@ -82,3 +82,22 @@ def write_model_card(
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def save_tokenizer(tokenizer: Any, out_dir: Path, max_len: int) -> list[str]:
+    """`tokenizer.save(out_dir)` (attnlab.data.TokenizerPair: tokenizer.json when joint, else
+    src_tokenizer.json and tgt_tokenizer.json); returns the names of the files it wrote. A joint
+    tokenizer.json also gets a tokenizer_config.json, so transformers' AutoTokenizer can load it."""
+    if not hasattr(tokenizer, "save"):
+        raise TypeError(f"tokenizer must have a save(directory) method, got {type(tokenizer).__name__}")
+    out_dir = Path(out_dir)
+    before = set(out_dir.iterdir())
+    tokenizer.save(out_dir)
+    if (out_dir / "tokenizer.json").is_file() and not (out_dir / "tokenizer_config.json").exists():
+        (out_dir / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "model_max_length": max_len,
+        }, indent=2) + "\n")
+    known = {"tokenizer.json", "src_tokenizer.json", "tgt_tokenizer.json", "tokenizer_config.json"}
+    return sorted(p.name for p in out_dir.iterdir() if p.name in known or p not in before)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from attnlab.config import TransformerConfig
-from attnlab.export.card import write_model_card
+from attnlab.export.card import save_tokenizer, write_model_card
 from attnlab.models.transformer import Transformer
 
 MARIAN_LAYER_NORM_EPS = 1e-5  # Marian's nn.LayerNorm(d_model): the default epsilon, not configurable
@@ -194,7 +194,8 @@ def marian_config_dict(cfg: TransformerConfig, bos_id: int, eos_id: int) -> dict
     )
 
 
-def _special_ids(tokenizer: Any, bos_id: int | None, eos_id: int | None) -> tuple[int, int]:
+def special_ids(tokenizer: Any, bos_id: int | None, eos_id: int | None) -> tuple[int, int]:
+    """BOS and EOS ids: the arguments, else the (target) tokenizer's, else attnlab's fixed 1 and 2."""
     side = getattr(tokenizer, "tgt", tokenizer)  # a TokenizerPair or a single tokenizer
     if bos_id is None:
         bos_id = getattr(side, "bos_id", DEFAULT_BOS_ID)
@@ -203,35 +204,23 @@ def _special_ids(tokenizer: Any, bos_id: int | None, eos_id: int | None) -> tupl
     return int(bos_id), int(eos_id)
 
 
-def _save_tokenizer(tokenizer: Any, out_dir: Path, cfg: TransformerConfig, bos_id: int, eos_id: int) -> list[str]:
-    if not hasattr(tokenizer, "save"):
-        raise TypeError(f"tokenizer must have a save(directory) method, got {type(tokenizer).__name__}")
-    before = set(out_dir.iterdir())
-    tokenizer.save(out_dir)
-    # one joint tokenizer.json (attnlab.data.TokenizerPair with joint=True): let AutoTokenizer find it
-    if (out_dir / "tokenizer.json").is_file() and not (out_dir / "tokenizer_config.json").exists():
-        (out_dir / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-            "model_max_length": cfg.max_len,
-        }, indent=2) + "\n")
-    return sorted(p.name for p in set(out_dir.iterdir()) - before)
-
-
 def _usage(out_dir: Path, bos_id: int, eos_id: int, tokenizer_files: list[str]) -> str:
-    if "tokenizer.json" in tokenizer_files:
-        tok = ("tok = Tokenizer.from_file(f\"{d}/tokenizer.json\")\n"
-               f"src = torch.tensor([tok.encode(\"a sentence\").ids + [{eos_id}]])  # attnlab sources end with </s>\n")
+    if "tokenizer.json" in tokenizer_files or "src_tokenizer.json" in tokenizer_files:
+        src_file, tgt_file = (("tokenizer.json",) * 2 if "tokenizer.json" in tokenizer_files
+                              else ("src_tokenizer.json", "tgt_tokenizer.json"))
         imports = "import torch\nfrom tokenizers import Tokenizer\nfrom transformers import MarianMTModel\n"
-        detok = "print(tok.decode(out[0].tolist()))\n"
+        tok = (f"src_tok = Tokenizer.from_file(f\"{{d}}/{src_file}\")\n"
+               f"tgt_tok = Tokenizer.from_file(f\"{{d}}/{tgt_file}\")\n"
+               f"src = torch.tensor([src_tok.encode(\"a sentence\").ids + [{eos_id}]])  # sources end with </s>\n")
+        detok = "print(tgt_tok.decode(out[0].tolist()))\n"
     else:
-        tok = f"src = torch.tensor([[...source ids..., {eos_id}]])  # attnlab sources end with </s>\n"
         imports = "import torch\nfrom transformers import MarianMTModel\n"
+        tok = f"src = torch.tensor([[...source ids..., {eos_id}]])  # attnlab sources end with </s>\n"
         detok = ""
     return (
         "```python\n" + imports + f"d = \"{out_dir.name}\"\n"
         "model = MarianMTModel.from_pretrained(d).eval()\n" + tok +
-        f"out = model.generate(src, attention_mask=src != model.config.pad_token_id, num_beams=4,\n"
+        "out = model.generate(src, attention_mask=src != model.config.pad_token_id, num_beams=4,\n"
         f"                     decoder_start_token_id={bos_id}, max_new_tokens=128)\n" + detok + "```\n\n"
         "Back into attnlab: `attnlab.export.load_marian(d)` (or `attnlab translate --model DIR`)."
     )
@@ -260,7 +249,7 @@ def export_marian(
         raise MarianExportError(f"only attnlab's Transformer can be exported to Marian, got {type(model).__name__}")
     cfg = model.cfg
     check_marian_compatible(cfg)
-    bos_id, eos_id = _special_ids(tokenizer, bos_id, eos_id)
+    bos_id, eos_id = special_ids(tokenizer, bos_id, eos_id)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -275,7 +264,7 @@ def export_marian(
     gen.pad_token_id, gen.forced_eos_token_id, gen.max_length = cfg.pad_id, eos_id, cfg.max_len
     hf.save_pretrained(out_dir)
 
-    tokenizer_files = _save_tokenizer(tokenizer, out_dir, cfg, bos_id, eos_id) if tokenizer is not None else []
+    tokenizer_files = save_tokenizer(tokenizer, out_dir, cfg.max_len) if tokenizer is not None else []
     write_model_card(
         out_dir, cfg, "hf", {"pad": cfg.pad_id, "bos / decoder_start": bos_id, "eos": eos_id},
         _usage(out_dir, bos_id, eos_id, tokenizer_files), model_card,
@@ -286,6 +275,8 @@ def export_marian(
             f"Generation starts from <s> (decoder_start_token_id={bos_id}), not from <pad> as in OPUS-MT models.",
             "forced_eos_token_id makes generate() end a hypothesis cut at max_length with </s>; "
             "attnlab's own decoder does not (pass forced_eos_token_id=None to match it exactly).",
+            f"Marian's position table has max_position_embeddings={cfg.max_len} rows: longer sources or "
+            "outputs fail in transformers (attnlab's sinusoids extend without limit).",
         ],
     )
     return out_dir
