@@ -125,3 +125,14 @@ def test_refuses_what_marian_cannot_express(tmp_path, overrides, words):
     with pytest.raises(MarianExportError, match=words):
         export_marian(make_model(**overrides), tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_model_without_biases_exports_zero_biases(tmp_path):
+    model = make_model(bias=False, n_layers=1)
+    src, tgt = make_batch(model)
+    export_marian(model, tmp_path)
+    hf = transformers.MarianMTModel.from_pretrained(tmp_path).eval()
+    assert hf.model.encoder.layers[0].fc1.bias.abs().max() == 0
+    with torch.no_grad():
+        diff = (model(src, tgt) - hf(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt).logits).abs().max()
+    assert diff < 1e-5
