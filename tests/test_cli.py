@@ -99,3 +99,24 @@ def test_corrupt_weights_are_a_clear_error(run_dir, tmp_path, capsys):
     (broken / "config.json").write_text('{"format": "other"}')
     assert main(["translate", "--model", str(broken), "--text", "x"]) == 2
     assert "not an attnlab model directory" in capsys.readouterr().err
+
+
+def test_export_hf_then_translate_from_the_export(run_dir, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "hf"
+    assert main(["export", "--model", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "dates en->de" in card and "Training command" in card and "attnlab train" in card
+    capsys.readouterr()
+    text = ["May 3, 1999", "Saturday, March 14, 2026"]
+    assert main(["translate", "--model", str(run_dir)] + sum((["--text", t] for t in text), [])) == 0
+    ours = capsys.readouterr().out
+    assert main(["translate", "--model", str(out)] + sum((["--text", t] for t in text), [])) == 0
+    assert capsys.readouterr().out == ours
+
+
+def test_export_onnx_writes_both_graphs(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0
+    assert (out / "encoder.onnx").is_file() and (out / "decoder_step.onnx").is_file() and (out / "README.md").is_file()

@@ -70,9 +70,37 @@ def load_tokenizers(run_dir: Path, info: dict[str, Any]) -> Any:
     raise CheckpointError(f"{run_dir}: unknown tokenizer kind {kind!r}")
 
 
+def is_marian_dir(path: Path) -> bool:
+    """A Hugging Face Marian directory (e.g. written by `attnlab export --format hf`)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "marian"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _load_marian_dir(path: Path, device: str | torch.device) -> LoadedRun:
+    from attnlab.export.hf import load_marian
+
+    model = load_marian(path)
+    try:
+        tokenizers = load_tokenizers(path, {"kind": "subword"})
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is a Hugging Face Marian model without attnlab tokenizer files "
+                              "(tokenizer.json); export it with 'attnlab export --format hf'") from None
+    model.to(device).eval()
+    meta = {"arch": "transformer", "model": model.cfg.to_dict(), "tokenizer": {"kind": "subword"}, "task": {},
+            "format": "hf-marian"}
+    return LoadedRun(model, tokenizers, meta, path)
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Build the model described by RUN/config.json and load its weights and tokenizer."""
     path = Path(path)
+    if is_marian_dir(path):
+        return _load_marian_dir(path, device)
     weights = path / "model.safetensors"
     run_dir = path
     if (path / "state.json").is_file() and not (path / "config.json").is_file():  # a checkpoint dir

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,9 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(arch, model_values)
     cfg_obj = family(arch).config_cls.from_dict(model_values)
     write_run_config(out, arch, cfg_obj.to_dict(), spec.to_dict(), train_cfg.to_dict(),
-                     {"kind": "subword", "joint": tokenizers.joint})
+                     {"kind": "subword", "joint": tokenizers.joint},
+                     {"command": "attnlab " + shlex.join(sys.argv[1:]) if sys.argv and "attnlab" in sys.argv[0]
+                      else shlex.join(sys.argv)})
 
     train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
     valid = ValidationSet(

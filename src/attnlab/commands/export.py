@@ -1,0 +1,65 @@
+"""attnlab export: write a trained Transformer in the formats people deploy with.
+
+  --format hf    a Hugging Face MarianMTModel directory (config.json, model.safetensors, tokenizer):
+                 transformers' MarianMTModel.from_pretrained loads it and generate() gives the same
+                 translations; `attnlab translate --model DIR` loads it too.
+  --format onnx  encoder.onnx + decoder_step.onnx (with cache inputs) for onnxruntime.
+A model card (README.md: data, training time, BLEU, command) is written with every export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to Hugging Face (Marian) or ONNX", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="run directory written by 'attnlab train'")
+    p.add_argument("--format", choices=["hf", "onnx"], required=True)
+    p.add_argument("--out", required=True, help="directory to write")
+    p.set_defaults(func=run)
+
+
+def model_card(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Facts for the card from the run's config.json and log.jsonl."""
+    task = meta.get("task", {})
+    card: dict[str, Any] = {}
+    name = task.get("task")
+    if name:
+        langs = f" {task.get('src_lang')}->{task.get('tgt_lang')}" if task.get("src_lang") else ""
+        where = f" from {task['data_dir']}" if task.get("data_dir") else ""
+        card["data"] = f"{name}{langs}{where}"
+    log = run_dir / "log.jsonl"
+    if log.is_file():
+        events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        ends = [e for e in events if e.get("event") == "end"]
+        if ends:
+            card["training_time"] = f"{ends[-1]['minutes']} minutes, {ends[-1]['steps']} steps ({ends[-1].get('amp')})"
+        bleus = [e["bleu"] for e in events if e.get("event") == "valid" and "bleu" in e]
+        if bleus:
+            card["bleu"] = f"{max(bleus)} (validation split, greedy, sacreBLEU)"
+    if meta.get("command"):
+        card["command"] = meta["command"]
+    return card
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.run_dir import load_run
+
+    loaded = load_run(args.model)
+    if loaded.meta.get("arch") != "transformer":
+        raise ValueError(f"only Transformer models can be exported; {args.model} is a {loaded.meta.get('arch')!r} model")
+    card = model_card(Path(args.model), loaded.meta)
+    if args.format == "hf":
+        from attnlab.export import export_marian
+
+        export_marian(loaded.model, args.out, tokenizer=loaded.tokenizers, model_card=card)
+    else:
+        from attnlab.export import export_onnx
+
+        export_onnx(loaded.model, args.out, tokenizer=loaded.tokenizers, model_card=card)
+    print(f"wrote {args.format} export of {args.model} to {args.out}")
+    return 0
