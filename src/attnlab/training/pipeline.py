@@ -151,8 +151,7 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     cfg_obj = family(arch).config_cls.from_dict(model_values)
     write_run_config(out, arch, cfg_obj.to_dict(), spec.to_dict(), train_cfg.to_dict(),
                      {"kind": "subword", "joint": tokenizers.joint},
-                     {"command": "attnlab " + shlex.join(sys.argv[1:]) if sys.argv and "attnlab" in sys.argv[0]
-                      else shlex.join(sys.argv)})
+                     {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])})
 
     train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
     valid = ValidationSet(
