@@ -18,6 +18,34 @@ from torch import Tensor, nn
 from attnlab.layers.kv_cache import KVCache
 
 
+def rows_without_keys(mask: Tensor) -> Tensor | None:
+    """For a bool mask (..., T, S), True = may attend: `row_ok` (..., T, 1), False where a query has no
+    key at all, or None when every query has one, so the common case costs no fix-up.
+
+    The check reduces the compact (unbroadcast) mask, e.g. (B, 1, 1, S) for padding. On the CPU the
+    answer is read at once (a cheap host read); on accelerators reading it would stall the stream,
+    so the fix-up is always applied there.
+    """
+    row_ok = mask.any(dim=-1, keepdim=True)
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: no data-dependent branch
+        return row_ok
+    if row_ok.device.type == "cpu" and bool(row_ok.all()):
+        return None
+    return row_ok
+
+
+def _explicit_is_faster(q: Tensor, k: Tensor) -> bool:
+    # PyTorch's fused CPU kernel is slow to differentiate in reduced precision (bf16 backward through
+    # flash attention: ~30x the explicit path at T=40 and still slower at T=512, measured in
+    # benchmarks/bench_attention_scaling.py); in fp32 and without gradients the fused kernel wins.
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad)
+    )
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -28,16 +56,20 @@ def scaled_dot_product_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """q (B, H, T, d_k), k (B, H, S, d_k), v (B, H, S, d_v) -> (B, H, T, d_v), weights (B, H, T, S) or None.
 
-    Without `need_weights` this runs the fused kernel (F.scaled_dot_product_attention); with it, the
-    explicit softmax(QK^T / sqrt(d_k)) V so the weights can be returned.
+    Without `need_weights` this runs the fused kernel (F.scaled_dot_product_attention) where it is the
+    faster one; with it (or when training in bf16 on a CPU), the explicit softmax(QK^T / sqrt(d_k)) V,
+    which returns the weights. Both compute the same function.
     """
     row_ok = None
     if mask is not None:
         # Rows with no key to attend to: let them attend anywhere (a finite softmax, finite gradients)
-        # and zero their output afterwards.
-        row_ok = mask.any(dim=-1, keepdim=True)  # (..., T, 1)
-        mask = mask | ~row_ok
-    if not need_weights:
+        # and zero their output afterwards. Skipped when every row has a key (the usual case).
+        row_ok = rows_without_keys(mask)
+        if row_ok is not None:
+            mask = mask | ~row_ok
+    if k.dtype != q.dtype:  # e.g. keys/values cached outside autocast, queries inside it
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    if not need_weights and not _explicit_is_faster(q, k):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         weights = None
     else:
@@ -48,6 +80,8 @@ def scaled_dot_product_attention(
         if row_ok is not None:
             weights = weights * row_ok
         out = torch.matmul(F.dropout(weights, dropout_p) if dropout_p > 0 else weights, v)
+        if not need_weights:
+            weights = None
     if row_ok is not None:
         out = out * row_ok
     return out, weights

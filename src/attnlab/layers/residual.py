@@ -9,12 +9,14 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from attnlab.layers.dropout import Dropout
+
 
 class AddNorm(nn.Module):
     def __init__(self, d_model: int, dropout: float = 0.0, norm_first: bool = False, eps: float = 1e-5):
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:

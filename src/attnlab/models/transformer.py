@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from attnlab.config import TransformerConfig
 from attnlab.layers.attention import MultiHeadAttention
+from attnlab.layers.dropout import Dropout
 from attnlab.layers.embedding import TokenEmbedding, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
@@ -207,7 +208,7 @@ class Transformer(nn.Module):
         # (2) and (9): positions
         self.src_positions = positional_encoding(cfg.positional, cfg.d_model, cfg.max_len)
         self.tgt_positions = positional_encoding(cfg.positional, cfg.d_model, cfg.max_len)
-        self.embedding_dropout = nn.Dropout(cfg.dropout)
+        self.embedding_dropout = Dropout(cfg.dropout)
         self.encoder = Encoder(cfg)  # (3)-(7)
         self.decoder = Decoder(cfg)  # (10)-(16)
         # (18) linear projection to the vocabulary; tied to the output embedding as in section 3.4
