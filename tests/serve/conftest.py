@@ -8,6 +8,16 @@ import torch
 import serve_support
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Decoding tiny models: one thread is fastest, and on a shared 2-core machine several OpenMP
+    threads spinning against the servers' threads slow everything down many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return serve_support.write_tiny_run(tmp_path_factory.mktemp("tiny_run"))
@@ -42,11 +52,20 @@ def make_app(translator):
 def client(make_app):
     from fastapi.testclient import TestClient
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core CI machine: one model thread is fastest
     with TestClient(make_app()) as c:
         yield c
-    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_run, tmp_path_factory):
+    """`attnlab serve` on the tiny model in a subprocess on a free loopback port."""
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+    log = tmp_path_factory.mktemp("tiny_server") / "server.log"
+    server = serve_support.Server(tiny_run, "--threads", "1", log=log)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def pytest_terminal_summary(terminalreporter):

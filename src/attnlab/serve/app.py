@@ -71,6 +71,13 @@ def _one_or_many(value: Any) -> Any:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer; strict pydantic would not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class CrossAttention(BaseModel):
     """Cross-attention of one translation: weights[layer][head][target][source], each row sums to 1."""
 
@@ -137,7 +144,8 @@ def _request_model(limits: Limits) -> type[BaseModel]:
             Field(description=f"a sentence, or a list of at most {limits.max_sentences}, "
                               f"each at most {limits.max_chars} characters"),
         ]
-        beam: int = Field(1, ge=1, le=limits.max_beam, description="beam size (1 = greedy)")
+        beam: Annotated[int, BeforeValidator(_whole_number)] = Field(1, ge=1, le=limits.max_beam,
+                                                                      description="beam size (1 = greedy)")
         attention: bool = Field(False, description="return cross-attention weights (at most "
                                                    f"{limits.max_attention_sentences} sentences)")
 
