@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-sentences", type=int, default=64, help="sentences per /translate request")
     g.add_argument("--max-chars", type=int, default=1000, help="characters per sentence")
     g.add_argument("--max-beam", type=int, default=8)
+    g.add_argument("--max-attention-sentences", type=int, default=8, help="sentences per request with attention")
+    g.add_argument("--max-src-tokens", type=int, default=256, help="longer inputs are cut (and reported)")
     g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="JSON request body size")
     g.add_argument("--max-image-bytes", type=int, default=8 << 20, help="uploaded image size")
     g.add_argument("--max-queue", type=int, default=2048, help="sentences waiting for the model before 503 (busy)")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     limits = Limits(max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
                     max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
+                    max_attention_sentences=args.max_attention_sentences, max_src_tokens=args.max_src_tokens,
                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
     app = create_app(args.model, limits=limits, device=args.device)
     print(f"attnlab serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)

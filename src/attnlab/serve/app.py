@@ -194,7 +194,8 @@ class Service:
                 "weights": cross.double().round(decimals=4).tolist()}
 
     def model_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"arch": self.meta.get("arch", "unknown")}
+        what = self.translator.model if self.translator is not None else self.captioner
+        info: dict[str, Any] = {"arch": self.meta.get("arch") or type(what).__name__.lower()}
         if self.translator is not None:
             model = self.translator.model
             cfg = self.meta.get("model") or (model.cfg.to_dict() if hasattr(model, "cfg") else {})
