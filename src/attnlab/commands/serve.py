@@ -1,0 +1,61 @@
+"""attnlab serve: an HTTP JSON API and a web page for a trained model.
+
+POST /translate, POST /caption (captioning models), GET /health, GET /openapi.json and /docs, and
+the page at /. Needs the `serve` extra: pip install 'attnlab[serve]'.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (JSON API and a web page)", description=__doc__)
+    p.add_argument("--model", required=True, help="run directory written by 'attnlab train' (or a checkpoint)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int, default=32, help="sentences per batched decoding call (1 = no batching)")
+    g.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+    g = p.add_argument_group("limits (requests beyond them get a 4xx with a message)")
+    g.add_argument("--max-sentences", type=int, default=64, help="sentences per /translate request")
+    g.add_argument("--max-chars", type=int, default=1000, help="characters per sentence")
+    g.add_argument("--max-beam", type=int, default=8)
+    g.add_argument("--max-attention-sentences", type=int, default=8, help="sentences per request with attention")
+    g.add_argument("--max-src-tokens", type=int, default=256, help="longer inputs are cut (and reported)")
+    g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="JSON request body size")
+    g.add_argument("--max-image-bytes", type=int, default=8 << 20, help="uploaded image size")
+    g.add_argument("--max-queue", type=int, default=2048, help="sentences waiting for the model before 503 (busy)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def missing_dependencies() -> list[str]:
+    wanted = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+    return [pkg for module, pkg in wanted.items() if importlib.util.find_spec(module) is None]
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = missing_dependencies()
+    if missing:
+        raise RuntimeError(f"serving needs {', '.join(missing)}: pip install 'attnlab[serve]'")
+    import torch
+    import uvicorn
+
+    from attnlab.serve import Limits, create_app
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
+                    max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
+                    max_attention_sentences=args.max_attention_sentences, max_src_tokens=args.max_src_tokens,
+                    max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
+    app = create_app(args.model, limits=limits, device=args.device)
+    print(f"attnlab serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
+                timeout_keep_alive=5, timeout_graceful_shutdown=5)
+    return 0

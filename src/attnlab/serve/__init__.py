@@ -1,0 +1,8 @@
+"""HTTP service and web page for attnlab models (needs the `serve` extra: FastAPI and uvicorn).
+
+    from attnlab.serve import create_app, Limits
+    app = create_app("runs/m30k", limits=Limits(max_sentences=16))   # then: uvicorn.run(app)
+"""
+from attnlab.serve.app import Limits, create_app
+
+__all__ = ["Limits", "create_app"]
