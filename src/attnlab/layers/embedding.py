@@ -94,3 +94,21 @@ def positional_encoding(kind: str, d_model: int, max_len: int) -> nn.Module:
     if kind == "none":
         return NoPositionalEncoding()
     raise ValueError(f"unknown positional encoding {kind!r}")
+
+
+class PatchEmbedding(nn.Module):
+    """ViT's patch embedding (Dosovitskiy et al. 2021): cut the image into P x P patches and project
+    each flattened patch linearly to d_model, as one strided convolution.
+
+    (B, 3, H, W) -> (B, (H / P) * (W / P), d_model), patches in row-major order.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, d_model: int, in_channels: int = 3):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+        self.grid_shape = (image_size // patch_size, image_size // patch_size)
+        self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)  # (B, d_model, h, w) -> (B, h*w, d_model)

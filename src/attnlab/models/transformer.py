@@ -269,14 +269,18 @@ class Transformer(nn.Module):
         return {"encoder": torch.stack(enc_w), "decoder_self": torch.stack(self_w), "cross": torch.stack(cross_w)}
 
     # ---- decoding protocol -----------------------------------------------------------------
+    def encode_source(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S) -> memory (B, S, d_model) and the mask of its keys (B, 1, 1, S), True = real."""
+        src_mask = padding_mask(src, self.pad_id)
+        return self.encode(src, src_mask), src_mask
+
     def init_decode(self, src: Tensor, max_len: int = 128, use_cache: bool = True) -> TransformerState:
         """Encode src once; with `use_cache`, also allocate self-attention caches and project the
         encoder-decoder keys/values once per source."""
-        src_mask = padding_mask(src, self.pad_id)
-        memory = self.encode(src, src_mask)
+        memory, src_mask = self.encode_source(src)
         state = TransformerState(memory, src_mask)
         if use_cache:
-            b = src.size(0)
+            b = memory.size(0)
             state.caches = [
                 KVCache(b, self.cfg.n_heads, max_len, self.cfg.head_dim, memory.dtype, memory.device)
                 for _ in self.decoder.layers

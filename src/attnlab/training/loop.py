@@ -72,6 +72,7 @@ class Trainer:
         collate_fn: Callable[[list[Example], int], Batch] = collate,
         d_model: int | None = None,
         progress: bool = True,
+        score_fn: Callable[[list[str], list[Any]], dict[str, Any]] | None = None,
     ):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -80,6 +81,7 @@ class Trainer:
         self.valid = valid
         self.translate_fn = translate_fn
         self.collate_fn = collate_fn
+        self.score_fn = score_fn or corpus_scores  # (hypotheses, references) -> {"bleu": ..., ...}
         self.progress = progress and is_main_process()
         self.amp = resolve_amp(cfg.amp, self.device)
         self.pad_id = unwrap(model).pad_id
@@ -217,7 +219,7 @@ class Trainer:
         if n and self.translate_fn is not None and self.valid.sources:
             hyps = self.translate_fn(model, self.valid.sources[:n], self.cfg.eval_beam)
             refs = self.valid.references[:n]
-            result.update({k: v for k, v in corpus_scores(hyps, refs).items() if k != "bleu_signature"})
+            result.update({k: v for k, v in self.score_fn(hyps, refs).items() if k != "bleu_signature"})
             result["valid_sample"] = hyps[0]
         model.train()
         return result

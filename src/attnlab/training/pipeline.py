@@ -89,6 +89,13 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from attnlab.commands.train import apply_overrides, default_device, parse_overrides
 
     out = Path(args.out)
+    task_name = args.task
+    if args.resume and (out / "config.json").is_file():
+        task_name = read_run_config(out).get("task", {}).get("task", task_name)
+    if task_name in ("scenes", "captions"):
+        from attnlab.training.caption_pipeline import train_captioner
+
+        return train_captioner(args)
     device = default_device(args.device)
     overrides = parse_overrides(args.set)
     resuming = args.resume and (out / "config.json").is_file()

@@ -1,0 +1,145 @@
+"""`attnlab train --task scenes|captions`: image captioning on the same Trainer as translation.
+
+- scenes:   generated pictures of coloured shapes with captions such as "a red circle left of a blue
+            square" (no download; trains in minutes on a CPU) — the embedded default for captioning.
+- captions: your images with captions: a COCO-format captions JSON (--coco-json, --image-dir) or the
+            flat TSV of ../shared/data/coco_mini (--data-dir DIR or --captions-tsv FILE).
+The vocabulary is word-level (attnlab.data.word_vocab), saved as RUN/vocab.json.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.data.batching import Batch, pad_to_tensor
+from attnlab.models.registry import build_model, family
+from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
+from attnlab.training.config import TrainConfig
+from attnlab.training.loop import Trainer, ValidationSet
+
+CAPTION_TASKS = ("scenes", "captions")
+DEFAULTS = {
+    "scenes": {"preset": "tiny", "n_train": 6000, "train": {"max_tokens": 1500, "warmup_steps": 200, "lr_scale": 1.0,
+                                                             "eval_every": 200, "eval_bleu_sentences": 200,
+                                                             "max_minutes": 3.0, "label_smoothing": 0.0}},
+    "captions": {"preset": "small", "train": {"max_tokens": 600, "warmup_steps": 500, "eval_every": 200,
+                                              "eval_bleu_sentences": 200, "label_smoothing": 0.1}},
+}
+
+
+def collate_images(examples: list[tuple[Tensor, list[int]]], pad_id: int) -> Batch:
+    images = torch.stack([img for img, _ in examples])
+    tgt = pad_to_tensor([t for _, t in examples], pad_id)
+    tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
+    return Batch(images, tgt_in, tgt_out, int((tgt_out != pad_id).sum()), pad_id)
+
+
+
+def load_caption_data(args: argparse.Namespace, task: dict[str, Any], image_size: int):
+    """-> (train, valid, test) lists of (image tensor, [captions])."""
+    from attnlab.data.images import load_image, read_captions_tsv, read_coco_json, scene_tensors, scenes_dataset
+
+    if task["task"] == "scenes":
+        n = task.get("n_train", 6000)
+        scenes = scenes_dataset(n + 400, seed=task.get("seed", 0), size=image_size)
+        images = scene_tensors(scenes)
+        data = [(images[i], [s.caption]) for i, s in enumerate(scenes)]
+        return data[:n], data[n:n + 200], data[n + 200:]
+    if task.get("coco_json"):
+        examples = read_coco_json(task["coco_json"], task["image_dir"])
+    else:
+        tsv = task.get("captions_tsv") or (str(Path(task["data_dir"]) / "captions.tsv") if task.get("data_dir") else None)
+        if not tsv:
+            raise ValueError("--task captions needs --data-dir DIR (with captions.tsv), --captions-tsv FILE, "
+                             "or --coco-json FILE --image-dir DIR")
+        examples = read_captions_tsv(tsv)
+    if not examples:
+        raise ValueError("no captioned images found")
+    data = [(load_image(ex.image_path, image_size), ex.captions) for ex in examples]
+    random.Random(task.get("seed", 0)).shuffle(data)
+    n_hold = max(1, len(data) // 10)
+    return data[2 * n_hold:], data[:n_hold], data[n_hold:2 * n_hold]
+
+
+def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
+    from attnlab.commands.train import apply_overrides, default_device, parse_overrides
+    from attnlab.data.word_vocab import WordVocab
+    from attnlab.metrics.caption_bleu import corpus_bleu_multi
+
+    out = Path(args.out)
+    device = default_device(args.device)
+    resuming = args.resume and (out / "config.json").is_file()
+    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*")):
+        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if resuming:
+        meta = read_run_config(out)
+        arch, task, model_values = meta["arch"], meta["task"], dict(meta["model"])
+        train_cfg = TrainConfig.from_dict(meta["train"])
+        vocab = load_tokenizers(out, meta["tokenizer"])
+    else:
+        arch = args.arch if args.arch in ("sat", "caption-transformer") else "sat"
+        d = DEFAULTS[args.task]
+        task = {"task": args.task, "data_dir": args.data_dir, "seed": args.seed or 0,
+                "n_train": args.n_train or d.get("n_train"), "captions_tsv": getattr(args, "captions_tsv", None),
+                "coco_json": getattr(args, "coco_json", None), "image_dir": getattr(args, "image_dir", None)}
+        values = TrainConfig().to_dict()
+        values.update(d["train"])
+        train_cfg = TrainConfig.from_dict(values)
+        cfg_cls = family(arch).config_cls
+        model_values = cfg_cls.preset(args.preset or d["preset"], vocab_size=4).to_dict()
+        vocab = None
+    values = train_cfg.to_dict()
+    if not resuming and args.max_minutes is None and (args.max_steps or args.max_epochs):
+        values["max_minutes"] = 0.0
+    for flag in ("max_minutes", "max_steps", "max_epochs"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    train_cfg = TrainConfig.from_dict(values)
+    fields = set(model_values)
+    train_cfg = apply_overrides(train_cfg, model_values, parse_overrides(args.set), fields)
+
+    train, valid, _ = load_caption_data(args, task, model_values["image_size"])
+    if vocab is None:
+        vocab = WordVocab.build([c for _, caps in train for c in caps])
+        out.mkdir(parents=True, exist_ok=True)
+        vocab.save(out / "vocab.json")
+        model_values["vocab_size"] = vocab.vocab_size
+        model_values["pad_id"] = vocab.pad_id
+    model = build_model(arch, model_values)
+    cfg_obj = family(arch).config_cls.from_dict(model_values)
+    write_run_config(out, arch, cfg_obj.to_dict(), task, train_cfg.to_dict(), {"kind": "word", "file": "vocab.json"},
+                     {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])})
+
+    def encode(caption: str) -> list[int]:
+        return [vocab.bos_id] + vocab.encode(caption)[: train_cfg.max_len - 2] + [vocab.eos_id]
+
+    examples = [(img, encode(c)) for img, caps in train for c in caps]
+    valid_set = ValidationSet(examples=[(img, encode(caps[0])) for img, caps in valid],
+                              sources=[img for img, _ in valid], references=[caps for _, caps in valid])
+
+    def caption_fn(m: torch.nn.Module, images: list[Tensor], beam: int) -> list[str]:
+        from attnlab.caption import Captioner
+
+        return Captioner(m, vocab, device).captions(torch.stack(list(images)), beam)
+
+    def score_fn(hyps: list[str], refs: list[list[str]]) -> dict[str, float]:
+        scores = corpus_bleu_multi(hyps, refs)
+        return {"bleu": round(scores["bleu4"], 2), **{k: round(v, 2) for k, v in scores.items()}}
+
+    if not args.no_progress:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"attnlab train: {arch} with {n_params / 1e6:.2f}M parameters on {task['task']} "
+              f"({len(train)} images, {len(examples)} captions, vocab {vocab.vocab_size}), device {device}, run dir {out}")
+    trainer = Trainer(model, examples, valid_set, train_cfg, out, device, translate_fn=caption_fn,
+                      collate_fn=collate_images, d_model=model_values.get("d_model") or model_values.get("d_hidden", 256),
+                      progress=not args.no_progress, score_fn=score_fn)
+    summary = trainer.fit(resume=resuming)
+    summary.update(run_dir=str(out), task=task["task"], arch=arch)
+    return summary
