@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.packing import Packing
 
 
 def rows_without_keys(mask: Tensor) -> Tensor | None:
@@ -35,14 +36,16 @@ def rows_without_keys(mask: Tensor) -> Tensor | None:
 
 
 def _explicit_is_faster(q: Tensor, k: Tensor) -> bool:
-    # PyTorch's fused CPU kernel is slow to differentiate in reduced precision (bf16 backward through
-    # flash attention: ~30x the explicit path at T=40 and still slower at T=512, measured in
-    # benchmarks/bench_attention_scaling.py); in fp32 and without gradients the fused kernel wins.
+    # Measured on CPUs (benchmarks/bench_attention.py): PyTorch's fused CPU kernel is slow to
+    # differentiate in reduced precision (bf16 backward through flash attention: ~30x the explicit
+    # path at T=40 and still slower at T=512), and in fp32 it loses to the explicit path on short keys
+    # (forward + backward: 9.0 vs 12.4 ms at T=16, even at T=64). Without gradients, or on long keys
+    # in fp32, the fused kernel wins.
     return (
         q.device.type == "cpu"
-        and q.dtype in (torch.bfloat16, torch.float16)
         and torch.is_grad_enabled()
         and (q.requires_grad or k.requires_grad)
+        and (q.dtype in (torch.bfloat16, torch.float16) or k.size(-2) <= 48)
     )
 
 
@@ -135,6 +138,8 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         cache_pos: int = 0,
         memory_kv: tuple[Tensor, Tensor] | None = None,
+        packing: Packing | None = None,
+        memory_packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `query` (B, T, d_model).
 
@@ -142,22 +147,37 @@ class MultiHeadAttention(nn.Module):
           and values are written at `cache_pos` and attention runs over everything cached so far.
         - encoder-decoder attention: keys/values from `memory` (B, S, d_model), or precomputed
           `memory_kv` from `project_kv`.
-        Returns (B, T, d_model) and, if `need_weights`, the weights (B, H, T, S).
+        - packed (training): with `packing`, `query` holds only the real tokens, (N, d_model), and so
+          does the output; with `memory_packing`, `memory` is packed too, (N_s, d_model). The
+          projections run on the real tokens; the scores in the padded layout.
+        Returns (B, T, d_model) (or (N, d_model) packed) and, if `need_weights`, the weights (B, H, T, S).
         """
         d = self.d_model
         w, b = self.in_proj.weight, self.in_proj.bias
         if memory is None and memory_kv is None:
-            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+            qkv = self.in_proj(query)
+            if packing is not None:
+                qkv = packing.unpack(qkv)  # (N, 3d) -> (B, T, 3d)
+            q, k, v = qkv.chunk(3, dim=-1)
             q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
             if cache is not None:
                 k, v = cache.update(cache_pos, k, v)
         else:
-            q = self._split_heads(F.linear(query, w[:d], b[:d] if b is not None else None))
-            k, v = memory_kv if memory_kv is not None else self.project_kv(memory)
+            q = F.linear(query, w[:d], b[:d] if b is not None else None)
+            q = self._split_heads(packing.unpack(q) if packing is not None else q)
+            if memory_kv is not None:
+                k, v = memory_kv
+            elif memory_packing is not None:
+                kv = memory_packing.unpack(F.linear(memory, w[d:], b[d:] if b is not None else None))
+                k, v = (self._split_heads(t) for t in kv.chunk(2, dim=-1))
+            else:
+                k, v = self.project_kv(memory)
         dropout_p = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)
+        if packing is not None:
+            out = packing.pack(out)  # (N, d_model)
         return self.out_proj(out), weights
 
 

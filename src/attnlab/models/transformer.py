@@ -29,7 +29,8 @@ from attnlab.layers.dropout import Dropout
 from attnlab.layers.embedding import TokenEmbedding, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.masks import decoder_self_mask, padding_mask
+from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
+from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
 
 
@@ -44,13 +45,14 @@ class EncoderLayer(nn.Module):
         self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, ffn_dropout, cfg.activation, cfg.bias)
         self.add_norm2 = AddNorm(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        # x: (B, S, d_model); src_mask: (B, 1, 1, S)
+    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False,
+                packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+        # x: (B, S, d_model), or (N, d_model) real tokens with `packing`; src_mask: (B, 1, 1, S)
         weights = None
 
         def attend(h: Tensor) -> Tensor:
             nonlocal weights
-            h, weights = self.self_attn(h, mask=src_mask, need_weights=need_weights)
+            h, weights = self.self_attn(h, mask=src_mask, need_weights=need_weights, packing=packing)
             return h
 
         x = self.add_norm1(x, attend)
@@ -81,21 +83,25 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None = None,
         cache_pos: int = 0,
         memory_kv: tuple[Tensor, Tensor] | None = None,
+        packing: Packing | None = None,
+        memory_packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        # x: (B, T, d_model); memory: (B, S, d_model); tgt_mask: (B, 1, T, T) or None with a cache
+        # x: (B, T, d_model); memory: (B, S, d_model); tgt_mask: (B, 1, T, T) or None with a cache.
+        # Packed (training): x (N, d_model) and memory (N_s, d_model) hold the real tokens only.
         self_weights = cross_weights = None
 
         def self_attend(h: Tensor) -> Tensor:
             nonlocal self_weights
             h, self_weights = self.self_attn(
-                h, mask=tgt_mask, need_weights=need_weights, cache=cache, cache_pos=cache_pos
+                h, mask=tgt_mask, need_weights=need_weights, cache=cache, cache_pos=cache_pos, packing=packing
             )
             return h
 
         def cross_attend(h: Tensor) -> Tensor:
             nonlocal cross_weights
             h, cross_weights = self.cross_attn(
-                h, memory=memory, mask=src_mask, need_weights=need_weights, memory_kv=memory_kv
+                h, memory=memory, mask=src_mask, need_weights=need_weights, memory_kv=memory_kv,
+                packing=packing, memory_packing=memory_packing,
             )
             return h
 
@@ -113,10 +119,11 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
 
-    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, list]:
+    def forward(self, x: Tensor, src_mask: Tensor | None, need_weights: bool = False,
+                packing: Packing | None = None) -> tuple[Tensor, list]:
         weights = []
         for layer in self.layers:
-            x, w = layer(x, src_mask, need_weights)
+            x, w = layer(x, src_mask, need_weights, packing)
             weights.append(w)
         return self.final_norm(x), weights
 
@@ -139,6 +146,8 @@ class Decoder(nn.Module):
         caches: list[KVCache] | None = None,
         cache_pos: int = 0,
         memory_kv: list[tuple[Tensor, Tensor]] | None = None,
+        packing: Packing | None = None,
+        memory_packing: Packing | None = None,
     ) -> tuple[Tensor, list, list]:
         self_weights, cross_weights = [], []
         for i, layer in enumerate(self.layers):
@@ -147,6 +156,7 @@ class Decoder(nn.Module):
                 cache=caches[i] if caches is not None else None,
                 cache_pos=cache_pos,
                 memory_kv=memory_kv[i] if memory_kv is not None else None,
+                packing=packing, memory_packing=memory_packing,
             )
             self_weights.append(sw)
             cross_weights.append(cw)
@@ -195,6 +205,9 @@ def check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
 class Transformer(nn.Module):
     """Encoder-decoder Transformer. `forward(src, tgt)` returns logits (B, T, tgt_vocab_size)."""
 
+    # the trainer may ask for the logits of real target tokens only: forward(src, tgt, positions=...)
+    trains_packed = True
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -241,14 +254,36 @@ class Transformer(nn.Module):
         h, _, _ = self.decoder(self.embed_tgt(tgt), memory, src_mask, tgt_mask)
         return h
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """src (B, S), tgt (B, T) int64 -> logits (B, T, tgt_vocab_size); position t predicts tgt[t+1]."""
+    def forward(self, src: Tensor, tgt: Tensor, positions: Tensor | None = None) -> Tensor:
+        """src (B, S), tgt (B, T) int64 -> logits (B, T, tgt_vocab_size); position t predicts tgt[t+1].
+
+        With `positions` (B, T) bool (training: where the shifted target is a real token, a prefix of
+        each row), only those logits are returned, (N, tgt_vocab_size) in row-major order, and every
+        position-wise layer runs on the real tokens alone (attnlab.layers.packing): the same values
+        as `forward(src, tgt)[positions]`, without the work spent on padding.
+        """
         check_tokens("src", src, self.cfg.src_vocab_size)
         if tgt.dim() == 2 and src.dim() == 2 and tgt.size(0) != src.size(0):
             raise ValueError(f"src and tgt batch sizes differ: {src.size(0)} != {tgt.size(0)}")
+        if positions is not None:
+            return self._forward_packed(src, tgt, positions)
         src_mask = padding_mask(src, self.pad_id)
         memory = self.encode(src, src_mask)
         return self.output_projection(self.decode(memory, src_mask, tgt))
+
+    def _forward_packed(self, src: Tensor, tgt: Tensor, positions: Tensor) -> Tensor:
+        check_tokens("tgt", tgt, self.cfg.tgt_vocab_size)
+        if positions.shape != tgt.shape:
+            raise ValueError(f"positions must have the shape of tgt {tuple(tgt.shape)}, got {tuple(positions.shape)}")
+        src_packing, tgt_packing = Packing(src != self.pad_id), Packing(positions)
+        src_mask = src_packing.key_mask  # (B, 1, 1, S)
+        # the kept target positions are a prefix of each row, so causal & kept-keys is the padded mask
+        tgt_mask = tgt_packing.key_mask & causal_mask(tgt.size(1), tgt.device)  # (B, 1, T, T)
+        x = self.embedding_dropout(src_packing.pack(self.src_positions(self.input_embedding(src))))  # (N_s, d)
+        memory, _ = self.encoder(x, src_mask, packing=src_packing)
+        y = self.embedding_dropout(tgt_packing.pack(self.tgt_positions(self.output_embedding(tgt))))  # (N_t, d)
+        h, _, _ = self.decoder(y, memory, src_mask, tgt_mask, packing=tgt_packing, memory_packing=src_packing)
+        return self.output_projection(h)  # (N_t, tgt_vocab_size)
 
     def output_probabilities(self, src: Tensor, tgt: Tensor) -> Tensor:
         """(19)-(20): softmax over the vocabulary, (B, T, tgt_vocab_size)."""

@@ -152,11 +152,15 @@ class Trainer:
         model = self.model
         with autocast(self.amp, self.device):
             bare = unwrap(model)
-            if hasattr(bare, "forward_with_aux") and self.world == 1:
+            target = batch.tgt_out
+            if getattr(bare, "trains_packed", False):  # logits of the real target tokens only, (N, V)
+                keep = target != self.pad_id
+                logits, aux, target = model(batch.src, batch.tgt_in, positions=keep), None, target[keep]
+            elif hasattr(bare, "forward_with_aux") and self.world == 1:
                 logits, aux = bare.forward_with_aux(batch.src, batch.tgt_in)
             else:
                 logits, aux = model(batch.src, batch.tgt_in), None
-        loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.pad_id, self.cfg.label_smoothing)
+        loss, nll = label_smoothed_nll(logits, target, self.pad_id, self.cfg.label_smoothing)
         if aux is not None:
             loss = loss + aux.float()
         return loss, nll, batch.n_tokens

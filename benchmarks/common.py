@@ -1,0 +1,154 @@
+"""Shared pieces of the speed benchmarks: the reference model (a plain torch.nn.Transformer translator,
+as people write it from the PyTorch tutorial), synthetic batches with Multi30k-like lengths, timing,
+the matmul peak, peak RSS, and the JSON report.
+
+Every benchmark measures attnlab and its reference in the same process on the same inputs, alternating
+between them, and reports medians and their ratio.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PAD, BOS, EOS = 0, 1, 2
+
+# The issue's reference shape: d_model 256, 4 heads, 3+3 layers, d_ff 1024, vocabulary 8000.
+SIZES: dict[str, dict[str, int]] = {
+    "small": dict(d_model=256, n_heads=4, n_layers=3, d_ff=1024, vocab=8000),
+    "base": dict(d_model=512, n_heads=8, n_layers=6, d_ff=2048, vocab=8000),
+}
+
+
+# ---- the reference: a plain torch.nn.Transformer translator ------------------------------------
+class ReferenceTranslator(nn.Module):
+    """Embeddings x sqrt(d) + sinusoids + dropout -> torch.nn.Transformer -> linear (tied), batch first."""
+
+    def __init__(self, d_model: int, n_heads: int, n_layers: int, d_ff: int, vocab: int, dropout: float = 0.1):
+        super().__init__()
+        self.d_model = d_model
+        self.embed = nn.Embedding(vocab, d_model, padding_idx=PAD)
+        nn.init.normal_(self.embed.weight, std=d_model**-0.5)
+        self.transformer = nn.Transformer(d_model, n_heads, n_layers, n_layers, d_ff, dropout, batch_first=True)
+        self.generator = nn.Linear(d_model, vocab, bias=False)
+        self.generator.weight = self.embed.weight
+        self.dropout = nn.Dropout(dropout)
+        pos = torch.arange(1024)[:, None]
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(1024, d_model)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+        self.register_buffer("pe", pe, persistent=False)
+
+    def embed_tokens(self, x: Tensor, start: int = 0) -> Tensor:
+        return self.dropout(self.embed(x) * math.sqrt(self.d_model) + self.pe[start:start + x.size(1)])
+
+    def encode(self, src: Tensor) -> Tensor:
+        return self.transformer.encoder(self.embed_tokens(src), src_key_padding_mask=src == PAD)
+
+    def decode(self, memory: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), dtype=torch.bool)
+        h = self.transformer.decoder(self.embed_tokens(tgt), memory, tgt_mask=causal, tgt_is_causal=True,
+                                     tgt_key_padding_mask=tgt == PAD, memory_key_padding_mask=src == PAD)
+        return self.generator(h)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        return self.decode(self.encode(src), src, tgt)
+
+
+@torch.no_grad()
+def reference_greedy(model: ReferenceTranslator, src: Tensor, max_len: int) -> Tensor:
+    """The tutorial's greedy decoding: re-run the decoder over the whole prefix at every step (no cache)."""
+    memory = model.encode(src)
+    ys = torch.full((src.size(0), 1), BOS, dtype=torch.long)
+    done = torch.zeros(src.size(0), dtype=torch.bool)
+    for _ in range(max_len - 1):
+        nxt = model.decode(memory, src, ys)[:, -1].argmax(-1)
+        nxt = nxt.masked_fill(done, PAD)
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        done |= nxt == EOS
+        if bool(done.all()):
+            break
+    return ys
+
+
+# ---- data ------------------------------------------------------------------------------------
+def synthetic_pairs(n: int, vocab: int, seed: int = 0, mean_len: float = 16.0, sd: float = 5.0,
+                    min_len: int = 4, max_len: int = 48) -> list[tuple[list[int], list[int]]]:
+    """(src + EOS, BOS + tgt + EOS) with Multi30k-like lengths (8k BPE: ~14-16 tokens, a long tail)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ls, lt = (int(min(max(round(float(torch.randn(1, generator=g)) * sd + mean_len), min_len), max_len))
+                  for _ in range(2))
+        src = torch.randint(3, vocab, (ls,), generator=g).tolist() + [EOS]
+        tgt = [BOS] + torch.randint(3, vocab, (lt,), generator=g).tolist() + [EOS]
+        out.append((src, tgt))
+    return out
+
+
+def multi30k_pairs(vocab: int, data_dir: str | None) -> list[tuple[list[int], list[int]]] | None:
+    """Multi30k de-en train, tokenised with a joint BPE of `vocab` (None when the data is absent)."""
+    from attnlab.data.batching import encode_pairs
+    from attnlab.data.multi30k import load_multi30k
+    from attnlab.data.tokenizer import TokenizerPair
+
+    root = Path(data_dir or os.environ.get("ATTNLAB_DATA_DIR", "../shared/data")) / "multi30k"
+    if not root.exists():
+        return None
+    corpus = load_multi30k("de", "en", data_dir=str(root))
+    tok = TokenizerPair.train(corpus.train, vocab_size=vocab, joint=True)
+    return encode_pairs(corpus.train, tok, max_len=256)
+
+
+# ---- timing and machine --------------------------------------------------------------------
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """Measured FLOP/s of an n x n x n matmul in `dtype` on this machine (the MFU denominator)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    t, _ = median_time(lambda: a @ b, repeats)
+    return 2 * n**3 / t
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "os": platform.platform()}
+
+
+def write_report(path: str | None, report: dict[str, Any]) -> None:
+    report = {"command": " ".join([sys.executable, *sys.argv]), "machine": machine(), **report}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+
+
+def label_smoothed_ce(logits: Tensor, target: Tensor, smoothing: float = 0.1) -> Tensor:
+    """The reference loss: F.cross_entropy with label smoothing, summed over real tokens."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=PAD,
+                           label_smoothing=smoothing, reduction="sum")
