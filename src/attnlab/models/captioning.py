@@ -291,6 +291,8 @@ class CaptionTransformer(Transformer):
     encoder layers -> memory; the text side (output embedding, decoder, output projection, KV-cached
     decoding) is the Transformer's own."""
 
+    trains_packed = False  # every image has the same number of regions: nothing to unpad on the source side
+
     def __init__(self, cfg: CaptionTransformerConfig):
         super().__init__(cfg.text_config())
         self.caption_cfg = cfg
