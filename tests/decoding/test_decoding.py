@@ -179,3 +179,36 @@ def test_tiny_transformer_overfits_a_copy_task():
     out = greedy(model, src, max_len=length + 1, bos_id=BOS, eos_id=EOS)
     exact = sum(out[i, : k + 1].tolist() == tgt[i, 1 : k + 2].tolist() for i, k in enumerate(lengths.tolist()))
     assert exact == n
+
+
+def test_cached_beam_search_equals_recomputation_and_shares_the_source_between_beams():
+    """Beams of one sentence share its encoder output and cross-attention keys/values (one copy per
+    sentence); the hypotheses equal those of beam search without any cache, also as sentences finish
+    and leave the batch, and the weights of a grouped decoding step equal those of an expanded one."""
+    model = model_with_seed(11)
+    with torch.no_grad():
+        model.output_embedding.weight[EOS] *= 3.0  # EOS likely enough that sentences end at different steps
+    torch.manual_seed(11)
+    src = torch.randint(3, 30, (5, 8))
+    src[1, 4:] = PAD
+    cached = beam_search(model, src, beam_size=4, max_len=12, bos_id=BOS, eos_id=EOS, n_best=4)
+    full = beam_search(model, src, beam_size=4, max_len=12, bos_id=BOS, eos_id=EOS, n_best=4, use_cache=False)
+    assert [[h.tokens for h in hyps] for hyps in cached] == [[h.tokens for h in hyps] for hyps in full]
+    for a, b in zip(cached, full):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    assert len({len(hyps[0].tokens) for hyps in cached}) > 1  # sentences finish at different steps
+
+    state = model.init_decode(src, max_len=4)
+    state.reorder(torch.arange(5).repeat_interleave(3))  # 3 rows per sentence
+    assert state.group == 3 and state.memory.size(0) == 5 and state.batch_size == 15
+    state.reorder(torch.tensor([2, 0, 1, 12, 12, 13]))  # parents within sentences 0 and 4
+    assert state.group == 3 and state.memory.size(0) == 2
+    expanded = model.init_decode(src[[0, 0, 0, 4, 4, 4]], max_len=4)
+    prefix = torch.full((6, 1), BOS)
+    logits, _, w = model.decode_step(prefix, state, need_weights=True)
+    ref_logits, _, ref_w = model.decode_step(prefix, expanded, need_weights=True)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
+    assert state.group == 1 and state.memory.size(0) == 3
+    torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])

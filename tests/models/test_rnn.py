@@ -320,7 +320,13 @@ def test_greedy_returns_attention_over_the_source():
     model, src, _, _ = trained("bahdanau-gru-bi")
     out, attention = greedy(model, src[:4], max_len=10, bos_id=BOS, eos_id=EOS, return_attention=True)
     assert attention.shape == (4, out.size(1), 1, 1, src.size(1))
-    torch.testing.assert_close(attention.sum(-1)[:, :, 0, 0], torch.ones(4, out.size(1)))
+    # a distribution for every generated token up to its EOS; nothing after it (the row has left the batch)
+    generated = torch.ones_like(out, dtype=torch.bool)
+    for i, row in enumerate(out.tolist()):
+        if EOS in row:
+            generated[i, row.index(EOS) + 1:] = False
+    assert not bool(generated.all())  # some row ended early
+    torch.testing.assert_close(attention.sum(-1)[:, :, 0, 0], generated.float())
 
 
 # ---- configuration and registry -----------------------------------------------------------------

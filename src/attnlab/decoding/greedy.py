@@ -30,21 +30,31 @@ def greedy(
         b = batch_size_of(src)
         state = model.init_decode(src, max_len=max_len + 1, use_cache=use_cache)
         device = src.device if isinstance(src, Tensor) else None
-        tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        attention = []
+        tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=device)  # prefixes of the live rows
+        rows = torch.arange(b, device=device)  # the sentence of each live row
+        out = torch.full((b, max_len), model.pad_id, dtype=torch.long, device=device)
+        attention: Tensor | None = None
+        steps = 0
         for step in range(max_len):
             logits, state, weights = model.decode_step(tokens, state, need_weights=return_attention)
             if step < min_len:
                 logits[:, eos_id] = float("-inf")
-            next_token = logits.argmax(dim=-1).masked_fill(finished, model.pad_id)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            next_token = logits.argmax(dim=-1)  # (live,)
+            out[rows, step] = next_token
             if return_attention:
-                attention.append(weights)
-            finished |= next_token == eos_id
-            if bool(finished.all()):
-                break
-        out = tokens[:, 1:]
+                if attention is None:
+                    attention = weights.new_zeros(b, max_len, *weights.shape[1:])
+                attention[rows, step] = weights
+            steps = step + 1
+            done = next_token == eos_id
+            if bool(done.any()):  # finished sentences leave the batch: no more work is spent on them
+                alive = (~done).nonzero(as_tuple=True)[0]
+                if alive.numel() == 0:
+                    break
+                state.reorder(alive)
+                tokens, rows, next_token = tokens.index_select(0, alive), rows[alive], next_token[alive]
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        out = out[:, :steps]
         if return_attention:
-            return out, torch.stack(attention, dim=1)
+            return out, attention[:, :steps]
         return out

@@ -85,9 +85,11 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[Tensor, Tensor] | None = None,
         packing: Packing | None = None,
         memory_packing: Packing | None = None,
+        memory_groups: int = 1,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         # x: (B, T, d_model); memory: (B, S, d_model); tgt_mask: (B, 1, T, T) or None with a cache.
         # Packed (training): x (N, d_model) and memory (N_s, d_model) hold the real tokens only.
+        # memory_groups g > 1 (beam search): x has g rows per memory row, (B * g, T, d_model).
         self_weights = cross_weights = None
 
         def self_attend(h: Tensor) -> Tensor:
@@ -99,6 +101,15 @@ class DecoderLayer(nn.Module):
 
         def cross_attend(h: Tensor) -> Tensor:
             nonlocal cross_weights
+            if memory_groups > 1:  # the g rows of one source attend to it as g x T queries of one row
+                rows, t, d = h.shape
+                out, w = self.cross_attn(h.reshape(rows // memory_groups, memory_groups * t, d), memory=memory,
+                                         mask=src_mask, need_weights=need_weights, memory_kv=memory_kv)
+                if w is not None:  # (B, H, g * T, S) -> (B * g, H, T, S)
+                    b, heads, _, s = w.shape
+                    w = w.view(b, heads, memory_groups, t, s).transpose(1, 2).reshape(rows, heads, t, s)
+                cross_weights = w
+                return out.reshape(rows, t, d)
             h, cross_weights = self.cross_attn(
                 h, memory=memory, mask=src_mask, need_weights=need_weights, memory_kv=memory_kv,
                 packing=packing, memory_packing=memory_packing,
@@ -148,6 +159,7 @@ class Decoder(nn.Module):
         memory_kv: list[tuple[Tensor, Tensor]] | None = None,
         packing: Packing | None = None,
         memory_packing: Packing | None = None,
+        memory_groups: int = 1,
     ) -> tuple[Tensor, list, list]:
         self_weights, cross_weights = [], []
         for i, layer in enumerate(self.layers):
@@ -156,7 +168,7 @@ class Decoder(nn.Module):
                 cache=caches[i] if caches is not None else None,
                 cache_pos=cache_pos,
                 memory_kv=memory_kv[i] if memory_kv is not None else None,
-                packing=packing, memory_packing=memory_packing,
+                packing=packing, memory_packing=memory_packing, memory_groups=memory_groups,
             )
             self_weights.append(sw)
             cross_weights.append(cw)
@@ -165,26 +177,50 @@ class Decoder(nn.Module):
 
 @dataclass
 class TransformerState:
-    """What the decoder carries between steps. `reorder` follows beam search's parent pointers."""
+    """What the decoder carries between steps. `reorder` follows beam search's parent pointers.
 
-    memory: Tensor  # (B, S, d_model)
-    src_mask: Tensor  # (B, 1, 1, S)
-    caches: list[KVCache] | None = None  # self-attention keys/values per decoder layer
-    memory_kv: list[tuple[Tensor, Tensor]] | None = None  # cross-attention keys/values per layer
+    The source side (memory, src_mask, memory_kv) is held once per source sentence; decoder row r
+    reads source r // group. Beam search keeps a sentence's K beams as K consecutive rows, so they
+    share one copy of the encoder output and of the cross-attention keys/values (attending to it as
+    K queries of one sentence), and following parent pointers within a sentence copies nothing on the
+    source side. Only the self-attention caches, one per row, are reordered.
+    """
+
+    memory: Tensor  # (n_sources, S, d_model)
+    src_mask: Tensor  # (n_sources, 1, 1, S)
+    caches: list[KVCache] | None = None  # self-attention keys/values per decoder layer, one row per hypothesis
+    memory_kv: list[tuple[Tensor, Tensor]] | None = None  # cross-attention keys/values per layer, per source
+    group: int = 1  # decoder rows per source
 
     @property
     def batch_size(self) -> int:
-        return self.memory.size(0)
+        return self.memory.size(0) * self.group
 
     def reorder(self, index: Tensor) -> "TransformerState":
-        self.memory = self.memory.index_select(0, index)
-        self.src_mask = self.src_mask.index_select(0, index)
+        """Row i of the new batch continues old row index[i]."""
+        sources = torch.div(index, self.group, rounding_mode="floor")  # (R',) source of each new row
+        pick, group = sources, 1
+        if index.numel():
+            kept, counts = torch.unique_consecutive(sources, return_counts=True)
+            if bool((counts == counts[0]).all()):  # contiguous, equal blocks: keep one copy per block
+                pick, group = kept, int(counts[0])
+        n = self.memory.size(0)
+        if not (pick.numel() == n and torch.equal(pick, torch.arange(n, device=pick.device))):
+            self.memory = self.memory.index_select(0, pick)
+            self.src_mask = self.src_mask.index_select(0, pick)
+            if self.memory_kv is not None:
+                self.memory_kv = [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in self.memory_kv]
+        self.group = group
         if self.caches is not None:
             for cache in self.caches:
                 cache.reorder(index)
-        if self.memory_kv is not None:
-            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv]
         return self
+
+    def memory_per_row(self) -> tuple[Tensor, Tensor]:
+        """memory (R, S, d_model) and src_mask (R, 1, 1, S), one per decoder row."""
+        if self.group == 1:
+            return self.memory, self.src_mask
+        return self.memory.repeat_interleave(self.group, 0), self.src_mask.repeat_interleave(self.group, 0)
 
 
 def check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
@@ -333,12 +369,12 @@ class Transformer(nn.Module):
             x = self.embed_tgt(tokens[:, -1:], start=pos)  # only the newest token: (B, 1, d_model)
             h, _, cross = self.decoder(
                 x, state.memory, state.src_mask, None, need_weights,
-                caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv,
+                caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv, memory_groups=state.group,
             )
         else:  # recompute the whole prefix (the reference the cache must equal)
+            memory, src_mask = state.memory_per_row()
             h, _, cross = self.decoder(
-                self.embed_tgt(tokens), state.memory, state.src_mask,
-                decoder_self_mask(tokens, self.pad_id), need_weights,
+                self.embed_tgt(tokens), memory, src_mask, decoder_self_mask(tokens, self.pad_id), need_weights,
             )
         logits = self.output_projection(h[:, -1])
         weights = torch.stack([w[:, :, -1] for w in cross], dim=1) if need_weights else None
