@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from attnlab.config import TRANSFORMER_PRESETS
 from attnlab.training.config import TrainConfig, coerce
@@ -43,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training or model setting, e.g. --set warmup_steps=2000 --set d_model=256")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available; under torchrun, cuda = GPU LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -80,18 +80,14 @@ def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overri
     return TrainConfig.from_dict(train_values)
 
 
-def default_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def run(args: argparse.Namespace) -> int:
     from attnlab.training import pipeline
 
     summary = pipeline.train_from_args(args)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(json.dumps(summary, indent=2), file=sys.stderr if args.no_progress else sys.stdout)
     return 0
 
 
-__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "default_device", "dataclasses", "Path"]
+__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "dataclasses", "Path"]

@@ -88,13 +88,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write the unwrapped model's weights as safetensors (tied weights stored once)."""
+def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    # safetensors reports write failures (disk full, ...) as SafetensorError; they become OSError here
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
+        try:
+            st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
+        except SafetensorError as err:
+            raise OSError(str(err).splitlines()[0] if str(err) else "safetensors could not write") from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,6 +105,17 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write the unwrapped model's weights as safetensors (tied weights stored once).
+    On failure the previous file at `path` is untouched and a one-line CheckpointError says why."""
+    path = Path(path)
+    try:
+        _write_weights(model, path, metadata)
+    except OSError as err:
+        kept = f"; the previous {path.name} is kept" if path.is_file() else ""
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}{kept}") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -131,8 +145,12 @@ def save_checkpoint(
     scheduler: Any | None,
     state: dict[str, Any],
     keep_last: int = 3,
+    rng_states: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write RUN/checkpoints/step-NNNNNN atomically (temp dir, then rename) and point LATEST at it.
+
+    rng_states: every rank's RNG state ({"cpu": ..., "cuda": ...} per rank, as gathered by
+    attnlab.training.distributed); by default this process's CPU generator.
 
     On any OS error (disk full, no permission) the partial checkpoint is removed, the previous one
     is kept, and a one-line CheckpointError says what happened."""
@@ -143,14 +161,17 @@ def save_checkpoint(
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
-        save_weights(model, tmp / "model.safetensors")
+        _write_weights(model, tmp / "model.safetensors")
         extra = {
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states if rng_states is not None else [{"cpu": torch.get_rng_state()}],
         }
         buf_path = tmp / "optimizer.pt"
-        torch.save(extra, buf_path)
+        try:
+            torch.save(extra, buf_path)
+        except RuntimeError as err:  # torch's zip writer reports a full disk as RuntimeError
+            raise OSError(f"{buf_path.name}: {str(err).strip().splitlines()[-1][:200]}") from None
         with open(buf_path, "rb") as f:
             os.fsync(f.fileno())
         files = {p.name: sha256(p) for p in (tmp / "model.safetensors", buf_path)}
@@ -225,8 +246,12 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    rank: int = 0,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Verify, then load weights (+ optimizer, scheduler, RNG). Returns the trainer state dict."""
+    """Verify, then load weights (+ optimizer, scheduler, RNG of this rank). Returns the trainer state dict,
+    with "rng_restored" False when the checkpoint holds no RNG state for this rank (more processes than
+    the run that saved it)."""
     state = read_checkpoint_state(ckpt)
     load_weights(model, Path(ckpt) / "model.safetensors")
     if optimizer is not None or scheduler is not None or restore_rng:
@@ -238,9 +263,22 @@ def load_checkpoint(
             optimizer.load_state_dict(extra["optimizer"])
         if scheduler is not None and extra.get("scheduler"):
             scheduler.load_state_dict(extra["scheduler"])
-        if restore_rng and "torch_rng" in extra:
-            torch.set_rng_state(extra["torch_rng"])
+        if restore_rng:
+            state["rng_restored"] = _restore_rng(extra, rank, device or torch.device("cpu"))
     return state
+
+
+def _restore_rng(extra: dict[str, Any], rank: int, device: torch.device) -> bool:
+    per_rank = extra.get("rng") or []
+    if rank < len(per_rank):
+        torch.set_rng_state(per_rank[rank]["cpu"])
+        if "cuda" in per_rank[rank] and device.type == "cuda":
+            torch.cuda.set_rng_state(per_rank[rank]["cuda"], device)
+        return True
+    if rank == 0 and "torch_rng" in extra:  # written before per-rank states were saved
+        torch.set_rng_state(extra["torch_rng"])
+        return True
+    return False
 
 
 def average_checkpoints(paths: list[Path], model: nn.Module) -> nn.Module:
