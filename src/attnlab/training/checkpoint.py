@@ -16,8 +16,10 @@ torch.compile prefixes).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,8 +98,11 @@ def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None
     try:
         try:
             st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
-        except SafetensorError as err:
-            raise OSError(str(err).splitlines()[0] if str(err) else "safetensors could not write") from None
+        except SafetensorError as err:  # e.g. "... I/O error: No space left on device (os error 28) ..."
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code:
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+            raise OSError(str(err).strip().splitlines()[0] if str(err).strip() else "safetensors could not write") from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -167,14 +172,17 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "rng": rng_states if rng_states is not None else [{"cpu": torch.get_rng_state()}],
         }
-        buf_path = tmp / "optimizer.pt"
-        try:
-            torch.save(extra, buf_path)
-        except RuntimeError as err:  # torch's zip writer reports a full disk as RuntimeError
-            raise OSError(f"{buf_path.name}: {str(err).strip().splitlines()[-1][:200]}") from None
-        with open(buf_path, "rb") as f:
+        # serialised in memory and written with plain file I/O: torch.save's own writer reports a full
+        # disk as "RuntimeError: enforce fail ... unexpected pos", this way it is OSError ENOSPC
+        buf = io.BytesIO()
+        torch.save(extra, buf)
+        with open(tmp / "optimizer.pt", "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
             os.fsync(f.fileno())
-        files = {p.name: sha256(p) for p in (tmp / "model.safetensors", buf_path)}
+        files = {"model.safetensors": sha256(tmp / "model.safetensors"),
+                 "optimizer.pt": hashlib.sha256(buf.getbuffer()).hexdigest()}
+        del buf
         atomic_write_json(tmp / "state.json", {"format": FORMAT, "version": FORMAT_VERSION, "step": step,
                                                "files": files, **state})
         _fsync_dir(tmp)
@@ -231,7 +239,12 @@ def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json unreadable ({err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt} is not an attnlab checkpoint (no '{FORMAT}' format tag)")
-    for fname, digest in state.get("files", {}).items():
+    files = state.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json lists no sha256 for model.safetensors")
+    for fname, digest in files.items():
+        if not isinstance(fname, str) or Path(fname).name != fname or not isinstance(digest, str):
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json lists a bad file entry {fname!r}")
         path = ckpt / fname
         if not path.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is incomplete: {fname} missing")
