@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=None, help="generated tasks: training examples")
     p.add_argument("--max-value", type=int, default=None, help="numbers task: largest number (longer sentences)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, tokenizer, logs)")
-    p.add_argument("--arch", default="transformer", help="transformer | rnn | rnn-attn | sat | caption-transformer")
+    p.add_argument("--arch", default=None, help="transformer | rnn | rnn-attn (translation; default transformer) | "
+                                              "sat | caption-transformer (captioning; default sat)")
     p.add_argument("--attention", default=None, help="rnn-attn: bahdanau | luong-dot | luong-general")
     p.add_argument("--preset", default=None, help=f"model size ({', '.join(TRANSFORMER_PRESETS)})")
     p.add_argument("--vocab-size", type=int, default=None, help="subword vocabulary size")
@@ -72,11 +73,15 @@ def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overri
         else:
             target = "train" if key in train_values else "model" if key in model_fields else None
         if target == "train" and key in train_values:
-            train_values[key] = coerce(value, train_values[key])
+            dest = train_values
         elif target == "model" and key in model_fields:
-            model_values[key] = coerce(value, model_values.get(key))
+            dest = model_values
         else:
             raise ValueError(f"--set {key}: no such training or model setting")
+        try:
+            dest[key] = coerce(value, dest.get(key))
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from None
     return TrainConfig.from_dict(train_values)
 
 

@@ -83,7 +83,7 @@ def train_captioner(args: argparse.Namespace, device: torch.device, meta: dict[s
         train_cfg = TrainConfig.from_dict(meta["train"])
         vocab = on_rank0(lambda: load_tokenizers(out, meta["tokenizer"]))
     else:
-        arch = args.arch if args.arch in ("sat", "caption-transformer") else "sat"
+        arch = args.arch or "sat"
         d = DEFAULTS[args.task]
         task = {"task": args.task, "data_dir": args.data_dir, "seed": args.seed or 0,
                 "n_train": args.n_train or d.get("n_train"), "captions_tsv": getattr(args, "captions_tsv", None),

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 
+from attnlab.device import parse_device
+
 T = TypeVar("T")
 
 
@@ -43,9 +45,7 @@ def is_main_process() -> bool:
 
 def pick_device(name: str | None, local_rank: int = 0, world: int = 1) -> torch.device:
     """--device as given; under torchrun a CUDA device is cuda:LOCAL_RANK (one GPU per process)."""
-    if not name:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)
     if world > 1 and device.type == "cuda":
         if device.index is not None:
             raise ValueError(f"--device {name}: under torchrun each process uses GPU LOCAL_RANK; pass --device cuda")

@@ -18,7 +18,7 @@ from attnlab.config import TRANSFORMER_PRESETS, TransformerConfig
 from attnlab.data.batching import encode_pairs
 from attnlab.models.registry import build_model, family
 from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
-from attnlab.tasks import TaskSpec, build_tokenizers, load_corpus
+from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import is_main_process, on_rank0, process_group
 from attnlab.training.loop import Trainer, ValidationSet
@@ -86,9 +86,32 @@ def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt
     return values
 
 
+CAPTION_TASKS, CAPTION_ARCHS = ("scenes", "captions"), ("sat", "caption-transformer")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Command-line values that cannot work, as one-line errors before anything is built or written."""
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; name the run directory")
+    known = (*TRANSLATION_TASKS, *CAPTION_TASKS)
+    if not args.resume and args.task not in known:
+        raise ValueError(f"unknown task {args.task!r}; choose from {', '.join(known)}")
+    for flag in ("n_train", "vocab_size", "max_value"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.arch is not None:
+        family(args.arch)  # unknown architecture -> its one-line error
+        if not args.resume and (args.task in CAPTION_TASKS) != (args.arch in CAPTION_ARCHS):
+            wanted = "sat or caption-transformer" if args.task in CAPTION_TASKS else "transformer, rnn or rnn-attn"
+            raise ValueError(f"--arch {args.arch} does not fit --task {args.task}; use --arch {wanted}")
+
+
 def check_run_dir(args: argparse.Namespace) -> dict[str, Any] | None:
     """The saved config.json when --resume finds a run in --out (None for a new run). Run on rank 0 only."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
     if args.resume and (out / "config.json").is_file():
         return read_run_config(out)
     if args.resume:
@@ -100,10 +123,11 @@ def check_run_dir(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) as the command line asks; under torchrun, as one rank of a DDP run."""
+    check_args(args)
     with process_group(args.device) as device:
         meta = on_rank0(lambda: check_run_dir(args))  # decided once, before any process writes
         task_name = (meta or {}).get("task", {}).get("task", args.task)
-        if task_name in ("scenes", "captions"):
+        if task_name in CAPTION_TASKS:
             from attnlab.training.caption_pipeline import train_captioner
 
             return train_captioner(args, device, meta)
@@ -126,7 +150,7 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
         train_cfg = TrainConfig.from_dict(meta["train"])
     else:
         d = _defaults(args.task)
-        arch = args.arch
+        arch = args.arch or "transformer"
         spec = TaskSpec.from_args(args)
         spec.src_lang = args.src_lang or d.get("src_lang", "de")
         spec.tgt_lang = args.tgt_lang or d.get("tgt_lang", "en")
