@@ -271,3 +271,17 @@ def test_real_disk_full_keeps_previous_checkpoint(tiny_tmpfs):
     other = tiny_model(seed=3)
     load_checkpoint(latest_checkpoint(tiny_tmpfs), other, torch.optim.Adam(other.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("keep_last", [0, 2])
+def test_leftovers_of_a_kill_mid_save_are_removed_by_the_next_save(tmp_path, keep_last):
+    model = tiny_model()
+    save_checkpoint(tmp_path, 1, model, None, None, {}, keep_last=keep_last)
+    (tmp_path / "checkpoints" / ".step-0000002.abc").mkdir()  # killed while writing checkpoint 2
+    (tmp_path / "checkpoints" / ".step-0000002.abc" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "checkpoints" / ".LATEST.x1.tmp").write_text("step-00")  # ... or while moving LATEST
+    (tmp_path / ".model.safetensors.x2.tmp").write_bytes(b"half")  # ... or the best weights
+    assert latest_checkpoint(tmp_path).name == "step-0000001"  # what --resume loads meanwhile
+    save_checkpoint(tmp_path, 2, model, None, None, {}, keep_last=keep_last)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["LATEST", "step-0000001", "step-0000002"]
+    assert not (tmp_path / ".model.safetensors.x2.tmp").exists()

@@ -204,13 +204,15 @@ def save_checkpoint(
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
-    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in steps[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob(".step-*"):  # leftovers of a run killed mid-save
+    """Keep the newest `keep_last` checkpoints (0 = all) and remove what a kill -9 mid-save left behind."""
+    for stale in ckpt_root.glob(".step-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*ckpt_root.glob(".LATEST.*.tmp"), *ckpt_root.parent.glob(".model.safetensors.*.tmp")]:
+        stale.unlink(missing_ok=True)
+    if keep_last > 0:
+        steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+        for old in steps[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
