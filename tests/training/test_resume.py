@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from attnlab.cli import main
-from attnlab.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_checkpoint_state
 from attnlab.run_dir import load_run
+from attnlab.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_checkpoint_state
 
 STEPS, EVERY = 24, 3
 ARGS = ["train", "--task", "copy", "--n-train", "400", "--max-steps", str(STEPS), "--no-progress", "--preset", "test",
