@@ -79,12 +79,60 @@ def test_resume_continues_to_a_larger_budget(run_dir):
     (["train", "--task", "dates", "--out", "{tmp}/new", "--set", "bogus=1", "--max-steps", "1"], "no such training or model setting"),
     (["train", "--task", "nope", "--out", "{tmp}/new2"], "unknown task"),
     (["train", "--task", "dates", "--out", "{run}"], "already holds a training run"),
+    # found by fuzzing (tests/test_fuzz.py): these were tracebacks, silent defaults or misleading messages
+    (["translate", "--model", "{run}", "--text", "x", "--max-src-len", "0"], "--max-src-len must be >= 2, got 0"),
+    (["translate", "--model", "{run}", "--text", "x", "--max-len-a", "inf"], "--max-len-a must be a finite number"),
+    (["translate", "--model", "{run}", "--text", "x", "--length-penalty", "nan"], "--length-penalty must be a finite"),
+    (["translate", "--model", "{run}", "--text", "x", "--device", "meta"], "--device 'meta': attnlab runs on"),
+    (["attention", "--model", "{run}", "--text", "x", "--out", "{tmp}/a.png", "--layer", "x"], "--layer must be an index"),
+    (["attention", "--model", "{run}", "--text", "x", "--out", ""], "--out is empty"),
+    (["export", "--model", "{run}", "--format", "hf", "--out", ""], "--out is empty"),
+    (["export", "--model", "{run}", "--format", "hf", "--out", "{run}"], "a directory with other files in it"),
+    (["train", "--task", "copy", "--arch", "sat", "--out", "{tmp}/n1"], "--arch sat does not fit --task copy"),
+    (["train", "--task", "scenes", "--arch", "transformer", "--out", "{tmp}/n2"], "does not fit --task scenes"),
+    (["train", "--task", "copy", "--n-train", "0", "--out", "{tmp}/n3"], "--n-train must be >= 1, got 0"),
+    (["train", "--task", "dates", "--src-lang", "xx", "--out", "{tmp}/n4"], "the dates task has no language 'xx'"),
+    (["train", "--task", "numbers", "--tgt-lang", "xx", "--out", "{tmp}/n5"], "the numbers task has no language"),
+    (["train", "--task", "copy", "--set", "max_len=1e3", "--out", "{tmp}/n6"], "--set max_len=1e3: expected an integer"),
+    (["train", "--task", "copy", "--set", "lr_scale=nan", "--out", "{tmp}/n7"], "lr_scale must be > 0, got nan"),
+    (["train", "--task", "copy", "--seed", "-1", "--out", "{tmp}/n8"], "seed must be >= 0"),
+    (["train", "--task", "copy", "--out", ""], "--out is empty"),
+    (["train", "--task", "copy", "--out", "{run}/config.json"], "is a file, not a run directory"),
 ])
 def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
     argv = [a.format(run=run_dir, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(run_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["translate", "--model", str(run_dir), "--text", "x", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "attnlab translate: error: --device cuda: no CUDA GPU is available here (use --device cpu)"
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--task", "copy"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("attnlab train: error: the following arguments are required: --out "
+                                       "(see 'attnlab train --help')\n")
+
+
+def test_stdin_that_is_not_utf8_is_a_one_line_error_and_lone_surrogates_translate(run_dir, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"May 3, 1999\nJune\xff 1\n")))
+    assert main(["translate", "--model", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip() == ("attnlab translate: error: stdin is not UTF-8 text: invalid start byte "
+                                               "at byte 16 (line 2)")
+    # what a C-locale stdin (surrogateescape) or a library caller may pass: it used to be a TypeError
+    assert main(["translate", "--model", str(run_dir), "--text", "May 3, 1999 \udcff", "--text", "x\u2028y"]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 3  # two lines and the final newline
 
 
 def test_corrupt_weights_are_a_clear_error(run_dir, tmp_path, capsys):

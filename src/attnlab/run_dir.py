@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from attnlab.models.registry import build_model
-from attnlab.training.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, atomic_write_json, load_weights
+from attnlab.training.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_write_json,
+    load_weights,
+    read_checkpoint_state,
+)
 
 
 @dataclass
@@ -104,6 +111,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     weights = path / "model.safetensors"
     run_dir = path
     if (path / "state.json").is_file() and not (path / "config.json").is_file():  # a checkpoint dir
+        read_checkpoint_state(path)  # its files match their sha256
         run_dir = path.parent.parent
     meta = read_run_config(run_dir)
     if not weights.is_file():

@@ -6,6 +6,7 @@ characters map to <unk> in the tokenizer and never crash.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,25 @@ class DecodeConfig:
     batch_tokens: int = 6000  # source tokens per decoding batch
     n_best: int = 1
     amp: str = "auto"  # "bf16" speeds up CPU decoding where supported; "auto" = off for decoding
+
+    def validate(self) -> "DecodeConfig":
+        """Raise a one-line ValueError naming the setting out of range (as its command-line flag)."""
+        def bad(name: str, need: str) -> ValueError:
+            return ValueError(f"--{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
+
+        for name, low in (("beam", 1), ("max_len_b", 0), ("max_src_len", 2), ("batch_tokens", 1), ("n_best", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise bad(name, f">= {low}")
+        if self.n_best > self.beam:
+            raise ValueError(f"--n-best must be between 1 and --beam ({self.beam}), got {self.n_best}")
+        for name in ("length_penalty", "max_len_a"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(name, "a finite number >= 0")
+        if self.amp not in ("auto", "none", "bf16"):
+            raise bad("amp", "auto, none or bf16")
+        return self
 
 
 def source_ids(tokenizers: Any, text: str) -> list[int]:
@@ -92,7 +112,7 @@ class Translator:
             for row, i in enumerate(batch):
                 src[row, : len(sources[i])] = torch.tensor(sources[i])
             src = src.to(self.device)
-            max_len = int(cfg.max_len_a * width + cfg.max_len_b)
+            max_len = max(1, int(cfg.max_len_a * width + cfg.max_len_b))
             use_bf16 = cfg.amp == "bf16"
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if cfg.beam <= 1:
@@ -124,6 +144,7 @@ class Translator:
         cfg = cfg or DecodeConfig()
         for key, value in overrides.items():
             setattr(cfg, key, value)
+        cfg.validate()
         out: list[list[str]] = [[""] for _ in sentences]
         real = [i for i, s in enumerate(sentences) if s.strip()]
         if not real:

@@ -23,32 +23,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _index(flag: str, value: str, words: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--{flag} must be an index (0, 1, ...) or {words}, got {value!r}") from None
+
+
 def select(maps: torch.Tensor, layer: str, head: str) -> tuple[torch.Tensor, str]:
     """maps (L, B=1, H, T, S) -> (T, S) and a label."""
     n_layers, _, n_heads = maps.shape[:3]
     if layer == "mean":
         m, ltxt = maps.mean(0), "mean of layers"
     else:
-        li = n_layers - 1 if layer == "last" else int(layer)
+        li = n_layers - 1 if layer == "last" else _index("layer", layer, "'last' or 'mean'")
         if not 0 <= li < n_layers:
             raise ValueError(f"--layer {layer}: the model has {n_layers} layers (0..{n_layers - 1})")
         m, ltxt = maps[li], f"layer {li}"
     m = m[0]
     if head == "mean":
         return m.mean(0), f"{ltxt}, mean of {n_heads} heads"
-    hi = int(head)
+    hi = _index("head", head, "'mean'")
     if not 0 <= hi < n_heads:
         raise ValueError(f"--head {head}: the model has {n_heads} heads (0..{n_heads - 1})")
     return m[hi], f"{ltxt}, head {hi}"
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.device import parse_device
     from attnlab.translate import DecodeConfig, Translator, source_ids
     from attnlab.viz.attention import plot_attention
 
     if not args.text.strip():
         raise ValueError("--text is empty")
-    tr = Translator.load(args.model, args.device)
+    if not args.out.strip():
+        raise ValueError("--out is empty; name the PNG file to write")
+    tr = Translator.load(args.model, parse_device(args.device))
     tok_src, tok_tgt = tr.tokenizers.src, tr.tokenizers.tgt
     out_ids = tr.translate_ids([source_ids(tr.tokenizers, args.text)[:256]], DecodeConfig(beam=args.beam))[0][0]
     src = torch.tensor([source_ids(tr.tokenizers, args.text)[:256]], device=tr.device)

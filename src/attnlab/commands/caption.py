@@ -19,10 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attnlab.caption import Captioner
+    from attnlab.device import parse_device
 
     if args.beam < 1:
         raise ValueError(f"--beam must be >= 1, got {args.beam}")
-    captioner = Captioner.load(args.model, args.device)
+    captioner = Captioner.load(args.model, parse_device(args.device))
     images = captioner.load_images(args.images)  # a bad file is a one-line ValueError naming it
     ids = captioner.caption_ids(images, args.beam, args.max_len)
     out_dir = Path(args.attention_out) if args.attention_out else None

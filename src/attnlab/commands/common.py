@@ -20,10 +20,6 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    if args.beam < 1:
-        raise ValueError(f"--beam must be >= 1, got {args.beam}")
-    if not 1 <= args.n_best <= max(args.beam, 1):
-        raise ValueError(f"--n-best must be between 1 and --beam ({args.beam})")
     return DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
                         max_len_b=args.max_len_b, max_src_len=args.max_src_len, n_best=args.n_best,
-                        batch_tokens=args.batch_tokens, amp=args.amp)
+                        batch_tokens=args.batch_tokens, amp=args.amp).validate()

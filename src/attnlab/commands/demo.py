@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from attnlab.cli import main as cli
 
+    if not args.out.strip():
+        raise ValueError("--out is empty; name the run directory")
     out = Path(args.out)
     if (out / "checkpoints").exists():
         raise ValueError(f"{out} already holds a run; remove it or pass --out elsewhere")

@@ -48,11 +48,12 @@ def load_pairs(args: argparse.Namespace, meta: dict) -> tuple[list[str], list[st
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.device import parse_device
     from attnlab.metrics.bleu import corpus_scores
     from attnlab.translate import Translator
 
     cfg = decode_config(args)
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, parse_device(args.device))
     sources, refs = load_pairs(args, translator.meta)
     t0 = time.perf_counter()
     hyps = translator.translate(sources, cfg)

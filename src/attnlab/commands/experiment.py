@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.tasks import TaskSpec, load_corpus
     from attnlab.translate import DecodeConfig, Translator
 
+    if not args.out.strip():
+        raise ValueError("--out is empty; name the directory for the runs and results")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]

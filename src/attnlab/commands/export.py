@@ -46,9 +46,27 @@ def model_card(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return card
 
 
+def check_out_dir(out: str, fmt: str) -> None:
+    """A new or empty directory, or an earlier export of the same format: never files that are not
+    ours (an export writes README.md and config.json, which must not land in a project's root)."""
+    from attnlab.export.onnx import ENCODER_FILE
+    from attnlab.run_dir import is_marian_dir
+
+    path = Path(out)
+    if not out.strip():
+        raise ValueError("--out is empty; name the directory to write")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    earlier = is_marian_dir(path) if fmt == "hf" else (path / ENCODER_FILE).is_file()
+    if path.is_dir() and any(path.iterdir()) and not earlier:
+        raise ValueError(f"--out {out} is a directory with other files in it (not an earlier {fmt} export); "
+                         "choose a new directory")
+
+
 def run(args: argparse.Namespace) -> int:
     from attnlab.run_dir import load_run
 
+    check_out_dir(args.out, args.format)
     loaded = load_run(args.model)
     if loaded.meta.get("arch") != "transformer":
         raise ValueError(f"only Transformer models can be exported; {args.model} is a {loaded.meta.get('arch')!r} model")

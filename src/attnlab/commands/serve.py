@@ -38,6 +38,8 @@ def missing_dependencies() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.device import parse_device
+
     missing = missing_dependencies()
     if missing:
         raise RuntimeError(f"serving needs {', '.join(missing)}: pip install 'attnlab[serve]'")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                     max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
                     max_attention_sentences=args.max_attention_sentences, max_src_tokens=args.max_src_tokens,
                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
-    app = create_app(args.model, limits=limits, device=args.device)
+    app = create_app(args.model, limits=limits, device=str(parse_device(args.device)))
     print(f"attnlab serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
                 timeout_keep_alive=5, timeout_graceful_shutdown=5)

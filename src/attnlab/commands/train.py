@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from attnlab.config import TRANSFORMER_PRESETS
 from attnlab.training.config import TrainConfig, coerce
@@ -32,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=None, help="generated tasks: training examples")
     p.add_argument("--max-value", type=int, default=None, help="numbers task: largest number (longer sentences)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, tokenizer, logs)")
-    p.add_argument("--arch", default="transformer", help="transformer | rnn | rnn-attn | sat | caption-transformer")
+    p.add_argument("--arch", default=None, help="transformer | rnn | rnn-attn (translation; default transformer) | "
+                                              "sat | caption-transformer (captioning; default sat)")
     p.add_argument("--attention", default=None, help="rnn-attn: bahdanau | luong-dot | luong-general")
     p.add_argument("--preset", default=None, help=f"model size ({', '.join(TRANSFORMER_PRESETS)})")
     p.add_argument("--vocab-size", type=int, default=None, help="subword vocabulary size")
@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training or model setting, e.g. --set warmup_steps=2000 --set d_model=256")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu | cuda | cuda:N (default: cuda if available; under torchrun, cuda = GPU LOCAL_RANK)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -72,26 +73,26 @@ def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overri
         else:
             target = "train" if key in train_values else "model" if key in model_fields else None
         if target == "train" and key in train_values:
-            train_values[key] = coerce(value, train_values[key])
+            dest = train_values
         elif target == "model" and key in model_fields:
-            model_values[key] = coerce(value, model_values.get(key))
+            dest = model_values
         else:
             raise ValueError(f"--set {key}: no such training or model setting")
+        try:
+            dest[key] = coerce(value, dest.get(key))
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from None
     return TrainConfig.from_dict(train_values)
-
-
-def default_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args: argparse.Namespace) -> int:
     from attnlab.training import pipeline
 
     summary = pipeline.train_from_args(args)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(json.dumps(summary, indent=2), file=sys.stderr if args.no_progress else sys.stdout)
     return 0
 
 
-__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "default_device", "dataclasses", "Path"]
+__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "dataclasses", "Path"]

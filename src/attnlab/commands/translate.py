@@ -23,14 +23,31 @@ def read_input(args: argparse.Namespace) -> list[str]:
         from attnlab.data.corpora import read_lines
 
         return read_lines(args.input)
-    return [line.rstrip("\n") for line in sys.stdin]
+    return read_stdin()
+
+
+def read_stdin() -> list[str]:
+    """stdin as UTF-8 lines, split as files are (attnlab.data.corpora.split_lines); bytes that are not
+    UTF-8 are a one-line error naming the byte, never a crash in the tokenizer."""
+    from attnlab.data.corpora import split_lines
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream (tests, embedding)
+        return split_lines(sys.stdin.read())
+    data = buffer.read()
+    try:
+        return split_lines(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"stdin is not UTF-8 text: {err.reason} at byte {err.start} (line {line})") from None
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.device import parse_device
     from attnlab.translate import Translator
 
     cfg = decode_config(args)
-    translator = Translator.load(args.model, args.device)
+    translator = Translator.load(args.model, parse_device(args.device))
     lines = read_input(args)
     results = translator.translate_n_best(lines, cfg)
     for hyps in results:

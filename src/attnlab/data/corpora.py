@@ -32,6 +32,11 @@ def read_lines(path: str | Path) -> list[str]:
         raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
+    return split_lines(text)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines split at "\n" only (a stray "\r" or U+2028 inside a line does not cut it), "\r\n" endings removed."""
     lines = text.split("\n")
     if lines and lines[-1] == "":  # the final newline ends the last line, it does not start a new one
         lines.pop()

@@ -66,9 +66,33 @@ def _unique(make: Callable[[random.Random], tuple[object, Pair]], n: int, rng: r
     return out
 
 
+def check_language(task: str, lang: str) -> None:
+    """A language the task's data source knows (a CLDR locale for dates, a num2words language for numbers)."""
+    if task == "dates":
+        from babel import Locale, UnknownLocaleError
+
+        try:
+            Locale.parse(lang)
+            return
+        except (UnknownLocaleError, ValueError, TypeError):
+            hint = "a CLDR locale such as en, de, fr, en_GB"
+    else:
+        from num2words import CONVERTER_CLASSES
+
+        if lang in CONVERTER_CLASSES:
+            return
+        hint = f"a num2words language such as en, de, fr ({len(CONVERTER_CLASSES)} in num2words.CONVERTER_CLASSES)"
+    raise ValueError(f"the {task} task has no language {lang!r}; use {hint}")
+
+
 def make_generated_corpus(name: str, n_train: int = 20000, n_valid: int = 500, n_test: int = 500, seed: int = 0,
                           src_lang: str = "en", tgt_lang: str = "de", **kw) -> ParallelCorpus:
     """A corpus of a generated task; no sentence of valid/test appears in train."""
+    if name in ("dates", "numbers"):
+        check_language(name, src_lang)
+        check_language(name, tgt_lang)
+    if kw.get("max_value", 1) < 1:
+        raise ValueError(f"max_value must be >= 1, got {kw['max_value']}")
     if name == "dates":
         make = lambda r: _date_pair(r, src_lang, tgt_lang)  # noqa: E731
     elif name == "numbers":

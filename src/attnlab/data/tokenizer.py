@@ -17,6 +17,16 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes read with errors="surrogateescape") replaced by U+FFFD:
+    the Rust tokenizer refuses such strings with a TypeError."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class SubwordTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self._tok = tokenizer
@@ -48,14 +58,14 @@ class SubwordTokenizer:
         # split punctuation off words ("Hut," -> "▁Hut" ","); the Metaspace decoder restores the spacing
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
         tok.decoder = decoders.Metaspace()
-        tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+        tok.train_from_iterator((valid_unicode(t) for t in texts if t), trainer=trainer)
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(valid_unicode(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self._tok.encode_batch([valid_unicode(t) for t in texts], add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size], skip_special_tokens=True)
@@ -64,7 +74,7 @@ class SubwordTokenizer:
         return [self.decode(ids) for ids in batch]
 
     def tokens(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        return self._tok.encode(valid_unicode(text), add_special_tokens=False).tokens
 
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(int(i)) or "<unk>"

@@ -12,6 +12,8 @@ from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
+from attnlab.data.tokenizer import valid_unicode
+
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
@@ -41,10 +43,10 @@ class WordVocab:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(valid_unicode(text)).ids
 
     def words(self, text: str) -> list[str]:
-        return self.tokenizer.encode(text).tokens
+        return self.tokenizer.encode(valid_unicode(text)).tokens
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(self.id_to_token(i) for i in ids if i not in self._special or i == self.unk_id)

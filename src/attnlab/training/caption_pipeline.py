@@ -20,8 +20,9 @@ from torch import Tensor
 
 from attnlab.data.batching import Batch, pad_to_tensor
 from attnlab.models.registry import build_model, family
-from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
+from attnlab.run_dir import load_tokenizers, write_run_config
 from attnlab.training.config import TrainConfig
+from attnlab.training.distributed import is_main_process, on_rank0
 from attnlab.training.loop import Trainer, ValidationSet
 
 CAPTION_TASKS = ("scenes", "captions")
@@ -68,23 +69,21 @@ def load_caption_data(args: argparse.Namespace, task: dict[str, Any], image_size
     return data[2 * n_hold:], data[:n_hold], data[n_hold:2 * n_hold]
 
 
-def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
-    from attnlab.commands.train import apply_overrides, default_device, parse_overrides
+def train_captioner(args: argparse.Namespace, device: torch.device, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Called by attnlab.training.pipeline.train_from_args (inside the process group; meta = the saved
+    config.json when resuming, checked by rank 0)."""
+    from attnlab.commands.train import apply_overrides, parse_overrides
     from attnlab.data.word_vocab import WordVocab
     from attnlab.metrics.caption_bleu import corpus_bleu_multi
 
     out = Path(args.out)
-    device = default_device(args.device)
-    resuming = args.resume and (out / "config.json").is_file()
-    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*")):
-        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    resuming = meta is not None
     if resuming:
-        meta = read_run_config(out)
         arch, task, model_values = meta["arch"], meta["task"], dict(meta["model"])
         train_cfg = TrainConfig.from_dict(meta["train"])
-        vocab = load_tokenizers(out, meta["tokenizer"])
+        vocab = on_rank0(lambda: load_tokenizers(out, meta["tokenizer"]))
     else:
-        arch = args.arch if args.arch in ("sat", "caption-transformer") else "sat"
+        arch = args.arch or "sat"
         d = DEFAULTS[args.task]
         task = {"task": args.task, "data_dir": args.data_dir, "seed": args.seed or 0,
                 "n_train": args.n_train or d.get("n_train"), "captions_tsv": getattr(args, "captions_tsv", None),
@@ -107,15 +106,21 @@ def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
 
     train, valid, _ = load_caption_data(args, task, model_values["image_size"])
     if vocab is None:
-        vocab = WordVocab.build([c for _, caps in train for c in caps])
-        out.mkdir(parents=True, exist_ok=True)
-        vocab.save(out / "vocab.json")
+        def new_vocab() -> WordVocab:  # built once, on rank 0, and sent to the other ranks
+            built = WordVocab.build([c for _, caps in train for c in caps])
+            out.mkdir(parents=True, exist_ok=True)
+            built.save(out / "vocab.json")
+            return built
+
+        vocab = on_rank0(new_vocab)
         model_values["vocab_size"] = vocab.vocab_size
         model_values["pad_id"] = vocab.pad_id
+    torch.manual_seed(train_cfg.seed)  # the same initial weights for the same seed (and on every rank)
     model = build_model(arch, model_values)
     cfg_obj = family(arch).config_cls.from_dict(model_values)
-    write_run_config(out, arch, cfg_obj.to_dict(), task, train_cfg.to_dict(), {"kind": "word", "file": "vocab.json"},
-                     {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])})
+    on_rank0(lambda: write_run_config(out, arch, cfg_obj.to_dict(), task, train_cfg.to_dict(),
+                                      {"kind": "word", "file": "vocab.json"},
+                                      {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])}))
 
     def encode(caption: str) -> list[int]:
         return [vocab.bos_id] + vocab.encode(caption)[: train_cfg.max_len - 2] + [vocab.eos_id]
@@ -133,7 +138,7 @@ def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
         scores = corpus_bleu_multi(hyps, refs)
         return {"bleu": round(scores["bleu4"], 2), **{k: round(v, 2) for k, v in scores.items()}}
 
-    if not args.no_progress:
+    if not args.no_progress and is_main_process():
         n_params = sum(p.numel() for p in model.parameters())
         print(f"attnlab train: {arch} with {n_params / 1e6:.2f}M parameters on {task['task']} "
               f"({len(train)} images, {len(examples)} captions, vocab {vocab.vocab_size}), device {device}, run dir {out}")

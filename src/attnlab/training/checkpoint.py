@@ -16,8 +16,10 @@ torch.compile prefixes).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,13 +90,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write the unwrapped model's weights as safetensors (tied weights stored once)."""
+def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    # safetensors reports write failures (disk full, ...) as SafetensorError; they become OSError here
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
+        try:
+            st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
+        except SafetensorError as err:  # e.g. "... I/O error: No space left on device (os error 28) ..."
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code:
+                raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
+            raise OSError(str(err).strip().splitlines()[0] if str(err).strip() else "safetensors could not write") from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -102,6 +110,17 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write the unwrapped model's weights as safetensors (tied weights stored once).
+    On failure the previous file at `path` is untouched and a one-line CheckpointError says why."""
+    path = Path(path)
+    try:
+        _write_weights(model, path, metadata)
+    except OSError as err:
+        kept = f"; the previous {path.name} is kept" if path.is_file() else ""
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}{kept}") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -131,8 +150,12 @@ def save_checkpoint(
     scheduler: Any | None,
     state: dict[str, Any],
     keep_last: int = 3,
+    rng_states: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write RUN/checkpoints/step-NNNNNN atomically (temp dir, then rename) and point LATEST at it.
+
+    rng_states: every rank's RNG state ({"cpu": ..., "cuda": ...} per rank, as gathered by
+    attnlab.training.distributed); by default this process's CPU generator.
 
     On any OS error (disk full, no permission) the partial checkpoint is removed, the previous one
     is kept, and a one-line CheckpointError says what happened."""
@@ -143,17 +166,23 @@ def save_checkpoint(
     try:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".{name}."))
-        save_weights(model, tmp / "model.safetensors")
+        _write_weights(model, tmp / "model.safetensors")
         extra = {
             "optimizer": optimizer.state_dict() if optimizer is not None else {},
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_states if rng_states is not None else [{"cpu": torch.get_rng_state()}],
         }
-        buf_path = tmp / "optimizer.pt"
-        torch.save(extra, buf_path)
-        with open(buf_path, "rb") as f:
+        # serialised in memory and written with plain file I/O: torch.save's own writer reports a full
+        # disk as "RuntimeError: enforce fail ... unexpected pos", this way it is OSError ENOSPC
+        buf = io.BytesIO()
+        torch.save(extra, buf)
+        with open(tmp / "optimizer.pt", "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
             os.fsync(f.fileno())
-        files = {p.name: sha256(p) for p in (tmp / "model.safetensors", buf_path)}
+        files = {"model.safetensors": sha256(tmp / "model.safetensors"),
+                 "optimizer.pt": hashlib.sha256(buf.getbuffer()).hexdigest()}
+        del buf
         atomic_write_json(tmp / "state.json", {"format": FORMAT, "version": FORMAT_VERSION, "step": step,
                                                "files": files, **state})
         _fsync_dir(tmp)
@@ -175,13 +204,15 @@ def save_checkpoint(
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
-    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in steps[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob(".step-*"):  # leftovers of a run killed mid-save
+    """Keep the newest `keep_last` checkpoints (0 = all) and remove what a kill -9 mid-save left behind."""
+    for stale in ckpt_root.glob(".step-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*ckpt_root.glob(".LATEST.*.tmp"), *ckpt_root.parent.glob(".model.safetensors.*.tmp")]:
+        stale.unlink(missing_ok=True)
+    if keep_last > 0:
+        steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+        for old in steps[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -210,7 +241,12 @@ def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json unreadable ({err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt} is not an attnlab checkpoint (no '{FORMAT}' format tag)")
-    for fname, digest in state.get("files", {}).items():
+    files = state.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json lists no sha256 for model.safetensors")
+    for fname, digest in files.items():
+        if not isinstance(fname, str) or Path(fname).name != fname or not isinstance(digest, str):
+            raise CheckpointError(f"checkpoint {ckpt} is corrupt: state.json lists a bad file entry {fname!r}")
         path = ckpt / fname
         if not path.is_file():
             raise CheckpointError(f"checkpoint {ckpt} is incomplete: {fname} missing")
@@ -225,8 +261,12 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    rank: int = 0,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Verify, then load weights (+ optimizer, scheduler, RNG). Returns the trainer state dict."""
+    """Verify, then load weights (+ optimizer, scheduler, RNG of this rank). Returns the trainer state dict,
+    with "rng_restored" False when the checkpoint holds no RNG state for this rank (more processes than
+    the run that saved it)."""
     state = read_checkpoint_state(ckpt)
     load_weights(model, Path(ckpt) / "model.safetensors")
     if optimizer is not None or scheduler is not None or restore_rng:
@@ -238,9 +278,22 @@ def load_checkpoint(
             optimizer.load_state_dict(extra["optimizer"])
         if scheduler is not None and extra.get("scheduler"):
             scheduler.load_state_dict(extra["scheduler"])
-        if restore_rng and "torch_rng" in extra:
-            torch.set_rng_state(extra["torch_rng"])
+        if restore_rng:
+            state["rng_restored"] = _restore_rng(extra, rank, device or torch.device("cpu"))
     return state
+
+
+def _restore_rng(extra: dict[str, Any], rank: int, device: torch.device) -> bool:
+    per_rank = extra.get("rng") or []
+    if rank < len(per_rank):
+        torch.set_rng_state(per_rank[rank]["cpu"])
+        if "cuda" in per_rank[rank] and device.type == "cuda":
+            torch.cuda.set_rng_state(per_rank[rank]["cuda"], device)
+        return True
+    if rank == 0 and "torch_rng" in extra:  # written before per-rank states were saved
+        torch.set_rng_state(extra["torch_rng"])
+        return True
+    return False
 
 
 def average_checkpoints(paths: list[Path], model: nn.Module) -> nn.Module:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +35,19 @@ class TrainConfig:
     threads: int = 0  # torch.set_num_threads (0 = leave the default)
 
     def __post_init__(self) -> None:
-        if self.max_tokens <= 0 or self.accum_steps <= 0 or self.warmup_steps <= 0:
-            raise ValueError("max_tokens, accum_steps and warmup_steps must be positive")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name, low, high in _RANGES:  # "(0" = above 0; high is exclusive
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int if name in _INTS else (int, float)):
+                raise ValueError(f"training setting {name} must be {'an integer' if name in _INTS else 'a number'}, "
+                                 f"got {value!r}")
+            above = low == "(0"
+            lowest = 0 if above else low
+            ok = math.isfinite(value) and (value > lowest if above else value >= lowest) and (high is None or value < high)
+            if not ok:
+                need = ("> 0" if above else f">= {low}") + (f" and < {high}" if high is not None else "")
+                raise ValueError(f"training setting {name} must be {need}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,6 +56,16 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# (name, lowest allowed or "(0" for above zero, exclusive upper bound or None)
+_RANGES: list[tuple[str, Any, Any]] = [("max_tokens", 1, None), ("accum_steps", 1, None), ("lr_scale", "(0", None), ("warmup_steps", 1, None),
+           ("adam_beta1", 0, 1), ("adam_beta2", 0, 1), ("adam_eps", "(0", None), ("weight_decay", 0, None),
+           ("label_smoothing", 0, 1), ("clip_norm", 0, None), ("max_steps", 0, None), ("max_epochs", 0, None),
+           ("max_minutes", 0, None), ("eval_every", 1, None), ("eval_bleu_sentences", 0, None), ("eval_beam", 1, None),
+           ("patience", 0, None), ("keep_last", 0, None), ("average_last", 0, None), ("seed", 0, 2**63),
+           ("log_every", 1, None), ("max_len", 3, None), ("threads", 0, None)]
+_INTS = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "int"}
 
 
 def coerce(value: str, current: Any) -> Any:
@@ -59,9 +77,15 @@ def coerce(value: str, current: Any) -> Any:
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     if isinstance(current, int) and not isinstance(current, bool):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
     if isinstance(current, float):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
     if current is None:
         for cast in (int, float):
             try:

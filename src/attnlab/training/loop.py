@@ -33,6 +33,7 @@ from attnlab.training.checkpoint import (
     unwrap,
 )
 from attnlab.training.config import TrainConfig
+from attnlab.training.distributed import agree, gather_rng_states, is_main_process, on_rank0
 from attnlab.training.loss import label_smoothed_nll
 from attnlab.training.schedule import inverse_sqrt_schedule
 
@@ -55,8 +56,16 @@ def _fused_if_supported(device: torch.device) -> dict[str, bool]:
     return {"fused": True} if device.type in ("cpu", "cuda") else {}
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+class _WithAux(nn.Module):
+    """What DDP wraps for a model with `forward_with_aux`, so the auxiliary loss goes through DDP's forward
+    (calling the bare model under DDP would skip its gradient bookkeeping)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, src: Any, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module.forward_with_aux(src, tgt)
 
 
 class Trainer:
@@ -90,9 +99,13 @@ class Trainer:
 
         model.to(self.device)
         self.model = model
+        self.has_aux = hasattr(model, "forward_with_aux")
+        # the model can return the logits of chosen target positions only (attnlab.layers.packing)
+        self.packed = bool(getattr(model, "trains_packed", False)) and not self.has_aux
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                _WithAux(model) if self.has_aux else model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         d_model = d_model or getattr(getattr(unwrap(model), "cfg", None), "d_model", 512)
         self.optimizer = torch.optim.Adam(
@@ -123,10 +136,21 @@ class Trainer:
                 "bad_evals": self.bad_evals, "elapsed": self.elapsed_seconds(), "amp": self.amp}
 
     def resume(self) -> bool:
-        ckpt = latest_checkpoint(self.run_dir)
+        """Load the newest checkpoint (chosen by rank 0; every rank reads it, so on several machines the
+        run directory must be shared). Weights, optimizer, schedule, position in the epoch, RNG per rank."""
+        ckpt = on_rank0(lambda: latest_checkpoint(self.run_dir))
         if ckpt is None:
             return False
-        state = load_checkpoint(ckpt, unwrap(self.model), self.optimizer, self.scheduler)
+        error, state = None, {}
+        try:
+            state = load_checkpoint(ckpt, unwrap(self.model), self.optimizer, self.scheduler,
+                                    rank=self.rank, device=self.device)
+        except Exception as err:  # noqa: BLE001 - every rank must learn of it, or the others hang
+            error = err
+        agree(error)
+        if not state.get("rng_restored", True):  # more processes than the run that saved it
+            torch.manual_seed(self.cfg.seed + self.rank + 1_000_003 * int(state["step"]))
+        self._repair_log()
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -139,6 +163,16 @@ class Trainer:
     def elapsed_seconds(self) -> float:
         return self.elapsed + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
 
+    def _repair_log(self) -> None:
+        """A kill -9 in the middle of a log write leaves half a line; cut it so log.jsonl stays JSON lines."""
+        path = self.run_dir / "log.jsonl"
+        if not is_main_process() or not path.is_file():
+            return
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
     def _log(self, record: dict[str, Any]) -> None:
         if not is_main_process():
             return
@@ -149,17 +183,18 @@ class Trainer:
 
     # ---- one optimizer step ----------------------------------------------------------------
     def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        model = self.model
         with autocast(self.amp, self.device):
-            bare = unwrap(model)
             target = batch.tgt_out
-            if getattr(bare, "trains_packed", False):  # logits of the real target tokens only, (N, V)
+            if self.packed:  # logits of the real target tokens only, (N, V): no work spent on padding
                 keep = target != self.pad_id
-                logits, aux, target = model(batch.src, batch.tgt_in, positions=keep), None, target[keep]
-            elif hasattr(bare, "forward_with_aux") and self.world == 1:
-                logits, aux = bare.forward_with_aux(batch.src, batch.tgt_in)
+                logits, aux, target = self.model(batch.src, batch.tgt_in, positions=keep), None, target[keep]
             else:
-                logits, aux = model(batch.src, batch.tgt_in), None
+                if self.world > 1:  # through DDP's forward (a _WithAux around models with an auxiliary loss)
+                    out = self.model(batch.src, batch.tgt_in)
+                else:
+                    out = self.model.forward_with_aux(batch.src, batch.tgt_in) if self.has_aux else \
+                        self.model(batch.src, batch.tgt_in)
+                logits, aux = out if self.has_aux else (out, None)
         loss, nll = label_smoothed_nll(logits, target, self.pad_id, self.cfg.label_smoothing)
         if aux is not None:
             loss = loss + aux.float()
@@ -182,12 +217,18 @@ class Trainer:
                 self.scaler.scale(loss * self.world / max(n_tokens, 1)).backward()
             total_loss += float(loss.detach())
             total_nll += float(nll)
+        local_tokens = sum(int(b.n_tokens) for b in batches)
+        sums = torch.tensor([total_loss, total_nll], dtype=torch.float64, device=self.device)
+        if self.world > 1:  # the global loss, and every rank sees a NaN on any rank (no rank trains on alone)
+            dist.all_reduce(sums)
+        total_loss, total_nll = float(sums[0]), float(sums[1])
         if not math.isfinite(total_loss):
-            raise TrainingError(f"loss became {total_loss} at step {self.step + 1}; stopping (try a lower "
-                                f"lr_scale, amp=none, or check the data)")
+            self._fail(f"loss became {total_loss}")
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.cfg.clip_norm))
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16: the scaler skips the step
+                self._fail(f"gradient norm became {grad_norm}")
         else:
             grad_norm = float("nan")
         self.scaler.step(self.optimizer)
@@ -195,15 +236,27 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        local_tokens = sum(int(b.n_tokens) for b in batches)
-        return {"loss": total_loss / max(local_tokens, 1), "nll": total_nll / max(local_tokens, 1),
+        return {"loss": total_loss / max(n_tokens, 1), "nll": total_nll / max(n_tokens, 1),
                 "tokens": local_tokens, "grad_norm": grad_norm}
 
+    def _fail(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        last = latest_checkpoint(self.run_dir)
+        kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was saved yet"
+        raise TrainingError(f"{what} at step {self.step + 1}; stopped without updating the weights{kept} "
+                            "(try a lower lr_scale, amp=none, or check the data)")
+
     # ---- validation ------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, Any]:
+        """Validation loss, perplexity and BLEU. It draws no random numbers from the training stream (its RNG
+        is forked), so a run validated at different steps, or resumed, trains on the same dropout masks."""
         if self.valid is None:
             return {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            return self._validate()
+
+    def _validate(self) -> dict[str, Any]:
         model = unwrap(self.model)
         model.eval()
         nll_sum, tokens = 0.0, 0
@@ -232,34 +285,32 @@ class Trainer:
         return float(result["bleu"]) if "bleu" in result else -float(result["valid_loss"])
 
     def _evaluate_and_save(self) -> bool:
-        """Validate, keep the best weights, checkpoint. Returns True when early stopping triggers."""
-        stop = False
-        if is_main_process():
-            result = self.validate()
-            improved = False
-            if result:
-                score = self._score(result)
-                improved = self.best is None or score > self.best
-                if improved:
-                    self.best = score
-                    self.bad_evals = 0
-                else:
-                    self.bad_evals += 1
-            if improved or not result:
-                save_weights(unwrap(self.model), self.run_dir / "model.safetensors", {"step": str(self.step)})
-            save_checkpoint(self.run_dir, self.step, unwrap(self.model), self.optimizer, self.scheduler,
-                            self.trainer_state(), self.cfg.keep_last)
-            self._log({"event": "valid", "step": self.step, "epoch": self.epoch,
-                       "minutes": round(self.elapsed_seconds() / 60, 2), "best": self.best, **result})
-            if self.progress and result:
-                shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "valid_sample"}
-                tqdm.write(f"step {self.step}: {shown} | {result.get('valid_sample', '')[:80]}")
-            stop = bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
-        if self.world > 1:
-            flag = torch.tensor([int(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+        """Validate, keep the best weights, checkpoint (on rank 0; every rank's RNG state goes into it).
+        Returns True, on every rank, when early stopping triggers; a failure to save is raised on every rank."""
+        rng_states = gather_rng_states(self.device)
+        return on_rank0(lambda: self._evaluate_and_save_rank0(rng_states))
+
+    def _evaluate_and_save_rank0(self, rng_states: list[dict[str, torch.Tensor]] | None) -> bool:
+        result = self.validate()
+        improved = False
+        if result:
+            score = self._score(result)
+            improved = self.best is None or score > self.best
+            if improved:
+                self.best = score
+                self.bad_evals = 0
+            else:
+                self.bad_evals += 1
+        if improved or not result:
+            save_weights(unwrap(self.model), self.run_dir / "model.safetensors", {"step": str(self.step)})
+        save_checkpoint(self.run_dir, self.step, unwrap(self.model), self.optimizer, self.scheduler,
+                        self.trainer_state(), self.cfg.keep_last, rng_states=rng_states)
+        self._log({"event": "valid", "step": self.step, "epoch": self.epoch,
+                   "minutes": round(self.elapsed_seconds() / 60, 2), "best": self.best, **result})
+        if self.progress and result:
+            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items() if k != "valid_sample"}
+            tqdm.write(f"step {self.step}: {shown} | {result.get('valid_sample', '')[:80]}")
+        return bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _out_of_budget(self) -> bool:
@@ -285,7 +336,7 @@ class Trainer:
         if resume:
             self.resume()
         else:
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(cfg.seed + self.rank)  # each rank its own dropout masks
         self._t0 = time.perf_counter()
         total = cfg.max_steps or (cfg.max_epochs * len(self.sampler) // cfg.accum_steps if cfg.max_epochs else None)
         import sys

@@ -18,8 +18,9 @@ from attnlab.config import TRANSFORMER_PRESETS, TransformerConfig
 from attnlab.data.batching import encode_pairs
 from attnlab.models.registry import build_model, family
 from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
-from attnlab.tasks import TaskSpec, build_tokenizers, load_corpus
+from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
 from attnlab.training.config import TrainConfig
+from attnlab.training.distributed import is_main_process, on_rank0, process_group
 from attnlab.training.loop import Trainer, ValidationSet
 from attnlab.translate import DecodeConfig, Translator
 
@@ -85,37 +86,71 @@ def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt
     return values
 
 
-def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from attnlab.commands.train import apply_overrides, default_device, parse_overrides
+CAPTION_TASKS, CAPTION_ARCHS = ("scenes", "captions"), ("sat", "caption-transformer")
 
+
+def check_args(args: argparse.Namespace) -> None:
+    """Command-line values that cannot work, as one-line errors before anything is built or written."""
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; name the run directory")
+    known = (*TRANSLATION_TASKS, *CAPTION_TASKS)
+    if not args.resume and args.task not in known:
+        raise ValueError(f"unknown task {args.task!r}; choose from {', '.join(known)}")
+    for flag in ("n_train", "vocab_size", "max_value"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.arch is not None:
+        family(args.arch)  # unknown architecture -> its one-line error
+        if not args.resume and (args.task in CAPTION_TASKS) != (args.arch in CAPTION_ARCHS):
+            wanted = "sat or caption-transformer" if args.task in CAPTION_TASKS else "transformer, rnn or rnn-attn"
+            raise ValueError(f"--arch {args.arch} does not fit --task {args.task}; use --arch {wanted}")
+
+
+def check_run_dir(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The saved config.json when --resume finds a run in --out (None for a new run). Run on rank 0 only."""
     out = Path(args.out)
-    task_name = args.task
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
     if args.resume and (out / "config.json").is_file():
-        task_name = read_run_config(out).get("task", {}).get("task", task_name)
-    if task_name in ("scenes", "captions"):
-        from attnlab.training.caption_pipeline import train_captioner
-
-        return train_captioner(args)
-    device = default_device(args.device)
-    overrides = parse_overrides(args.set)
-    resuming = args.resume and (out / "config.json").is_file()
-    if args.resume and not resuming:
+        return read_run_config(out)
+    if args.resume:
         print(f"attnlab train: nothing to resume in {out}; starting a new run")
     if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*")):
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    return None
 
+
+def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) as the command line asks; under torchrun, as one rank of a DDP run."""
+    check_args(args)
+    with process_group(args.device) as device:
+        meta = on_rank0(lambda: check_run_dir(args))  # decided once, before any process writes
+        task_name = (meta or {}).get("task", {}).get("task", args.task)
+        if task_name in CAPTION_TASKS:
+            from attnlab.training.caption_pipeline import train_captioner
+
+            return train_captioner(args, device, meta)
+        return _train_translator(args, device, meta)
+
+
+def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict[str, Any] | None) -> dict[str, Any]:
+    from attnlab.commands.train import apply_overrides, parse_overrides
+
+    out = Path(args.out)
+    overrides = parse_overrides(args.set)
+    resuming = meta is not None
     if resuming:
-        meta = read_run_config(out)
         arch = meta["arch"]
         spec = TaskSpec(**{k: v for k, v in meta["task"].items() if k in TaskSpec.__dataclass_fields__})
         if args.data_dir:  # the data may have moved
             spec.data_dir = args.data_dir
-        tokenizers = load_tokenizers(out, meta["tokenizer"])
+        tokenizers = on_rank0(lambda: load_tokenizers(out, meta["tokenizer"]))
         model_values = dict(meta["model"])
         train_cfg = TrainConfig.from_dict(meta["train"])
     else:
         d = _defaults(args.task)
-        arch = args.arch
+        arch = args.arch or "transformer"
         spec = TaskSpec.from_args(args)
         spec.src_lang = args.src_lang or d.get("src_lang", "de")
         spec.tgt_lang = args.tgt_lang or d.get("tgt_lang", "en")
@@ -141,12 +176,17 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
             train_values[flag] = getattr(args, flag)
     train_cfg = TrainConfig.from_dict(train_values)
 
-    corpus = load_corpus(spec)
+    corpus = load_corpus(spec)  # every rank reads the data (the same files on every machine)
     if tokenizers is None:
         d = _defaults(args.task)
-        tokenizers = build_tokenizers(corpus, args.vocab_size or d["vocab_size"], joint=not args.separate_vocab)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizers.save(out)
+
+        def new_tokenizers() -> Any:  # trained once, on rank 0, and sent to the other ranks
+            toks = build_tokenizers(corpus, args.vocab_size or d["vocab_size"], joint=not args.separate_vocab)
+            out.mkdir(parents=True, exist_ok=True)
+            toks.save(out)
+            return toks
+
+        tokenizers = on_rank0(new_tokenizers)
         preset = args.preset or (d["preset"] if arch == "transformer" else _rnn_preset(args.task))
         model_values = model_config_values(arch, preset,
                                            tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
@@ -154,11 +194,12 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
                                            args)
     fields = {f.name for f in dataclasses.fields(family(arch).config_cls)}
     train_cfg = apply_overrides(train_cfg, model_values, overrides, fields)
+    torch.manual_seed(train_cfg.seed)  # the same initial weights for the same seed (and on every rank)
     model = build_model(arch, model_values)
     cfg_obj = family(arch).config_cls.from_dict(model_values)
-    write_run_config(out, arch, cfg_obj.to_dict(), spec.to_dict(), train_cfg.to_dict(),
-                     {"kind": "subword", "joint": tokenizers.joint},
-                     {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])})
+    on_rank0(lambda: write_run_config(out, arch, cfg_obj.to_dict(), spec.to_dict(), train_cfg.to_dict(),
+                                      {"kind": "subword", "joint": tokenizers.joint},
+                                      {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])}))
 
     train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
     valid = ValidationSet(
@@ -167,7 +208,7 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         references=[t for _, t in corpus.valid],
     )
     n_params = sum(p.numel() for p in model.parameters())
-    if not args.no_progress:
+    if not args.no_progress and is_main_process():
         print(f"attnlab train: {arch} with {n_params / 1e6:.2f}M parameters on {spec.task} "
               f"({len(train_examples)} training pairs, vocab {tokenizers.src.vocab_size}/{tokenizers.tgt.vocab_size}), "
               f"device {device}, run dir {out}")
