@@ -148,7 +148,9 @@ def main() -> None:
         ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
         runs["nn_transformer_greedy_no_cache"] = median_of(lambda: reference_greedy(ref, src, t + 1), args.repeats)
     if "int8" not in skip:
-        q = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        from attnlab.quantize import quantize_int8
+
+        q = quantize_int8(model)
         runs["attnlab_int8_greedy"] = median_of(lambda: greedy(q, src, max_len=t, bos_id=BOS, eos_id=EOS),
                                                 args.repeats)
 

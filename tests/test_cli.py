@@ -53,6 +53,9 @@ def test_evaluate_json_and_attention_png(run_dir, capsys, tmp_path):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) >= {"bleu", "chrf", "sentences", "seconds"} and result["sentences"] == 40
     assert 0 <= result["bleu"] <= 100
+    assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--limit", "40", "--json", "--int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert int8["sentences"] == 40 and abs(int8["bleu"] - result["bleu"]) < 10
     png = tmp_path / "attn.png"
     assert main(["attention", "--model", str(run_dir), "--text", "May 3, 1999", "--out", str(png),
                  "--layer", "0", "--head", "1"]) == 0

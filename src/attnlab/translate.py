@@ -67,6 +67,13 @@ class Translator:
         run: LoadedRun = load_run(path, device)
         return cls(run.model, run.tokenizers, device, run.meta)
 
+    def quantize_int8(self) -> "Translator":
+        """Replace the model by its dynamically int8-quantised copy (CPU inference; attnlab.quantize)."""
+        from attnlab.quantize import quantize_int8
+
+        self.model = quantize_int8(self.model)
+        return self
+
     @property
     def bos_id(self) -> int:
         return self.tokenizers.tgt.bos_id

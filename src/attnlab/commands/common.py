@@ -16,6 +16,8 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-best", type=int, default=1, help="print the n best hypotheses (tab-separated)")
     g.add_argument("--batch-tokens", type=int, default=6000)
     g.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for decoding")
+    g.add_argument("--int8", action="store_true",
+                   help="dynamic int8 quantisation of the linear layers (CPU only; speed and BLEU: benchmarks/)")
     g.add_argument("--device", default="cpu")
 
 

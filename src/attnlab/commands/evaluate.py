@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = decode_config(args)
     translator = Translator.load(args.model, parse_device(args.device))
+    if args.int8:
+        translator.quantize_int8()
     sources, refs = load_pairs(args, translator.meta)
     t0 = time.perf_counter()
     hyps = translator.translate(sources, cfg)

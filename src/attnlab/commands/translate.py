@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = decode_config(args)
     translator = Translator.load(args.model, parse_device(args.device))
+    if args.int8:
+        translator.quantize_int8()
     lines = read_input(args)
     results = translator.translate_n_best(lines, cfg)
     for hyps in results:
