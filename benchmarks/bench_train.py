@@ -63,7 +63,7 @@ def reference_step_fn(model: ReferenceTranslator, amp: str, warmup: int, d_model
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -78,6 +78,40 @@ def attnlab_step_fn(model: Transformer, amp: str, warmup: int, pairs_for_sampler
     return step
 
 
+def make_step(name: str, size: dict, batches: list[Batch]):
+    family, amp = name.split("-")
+    d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]
+    torch.manual_seed(0)
+    if family == "ref":
+        return reference_step_fn(ReferenceTranslator(d, h, n, d_ff, vocab), amp, 4000, d)
+    cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d, n_heads=h, n_layers=n,
+                            d_ff=d_ff, dropout=0.1, share_embeddings=True)
+    return attnlab_step_fn(Transformer(cfg), "none" if amp == "fp32" else amp, 4000,
+                           [(b.src[0].tolist(), b.tgt_in[0].tolist()) for b in batches])
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child process: a few training steps of one configuration, then its peak RSS (MiB) as JSON."""
+    import json
+    import resource
+
+    batches = make_batches(args.batches, args.batch_size, SIZES[args.size]["vocab"], seed=0)
+    step = make_step(args.memory_probe, SIZES[args.size], batches)
+    for b in batches[:3]:
+        step(b)
+    print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def peak_rss(name: str, args: argparse.Namespace) -> float:
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, "--size", args.size, "--batches", str(args.batches),
+                          "--batch-size", str(args.batch_size), "--memory-probe", name],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -86,8 +120,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (median)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--configs", default="ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16")
+    ap.add_argument("--skip-memory", action="store_true", help="do not measure peak RSS per configuration")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = SIZES[args.size]
@@ -97,18 +135,7 @@ def main() -> None:
     padded_tokens = sum(b.tgt_out.numel() for b in batches)
     flops = training_flops(batches, d, n, d_ff, vocab)
 
-    steps = {}
-    for name in args.configs.split(","):
-        family, amp = name.split("-")
-        torch.manual_seed(0)
-        if family == "ref":
-            model = ReferenceTranslator(d, h, n, d_ff, vocab)
-            steps[name] = reference_step_fn(model, amp, 4000, d)
-        else:
-            cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d, n_heads=h, n_layers=n,
-                                    d_ff=d_ff, dropout=0.1, share_embeddings=True)
-            steps[name] = attnlab_step_fn(Transformer(cfg), "none" if amp == "fp32" else amp, 4000,
-                                          [(b.src[0].tolist(), b.tgt_in[0].tolist()) for b in batches])
+    steps = {name: make_step(name, size, batches) for name in args.configs.split(",")}
     for step in steps.values():  # warm-up: allocator, kernels, lazy init
         for b in batches[:2]:
             step(b)
@@ -129,6 +156,9 @@ def main() -> None:
         results[name] = {"tokens_per_s": round(real_tokens / med, 1), "seconds_per_round": round(med, 4),
                          "rounds": [round(t, 4) for t in ts],
                          "tflops": round(flops / med / 1e12, 4), "mfu": round(flops / med / peaks[amp], 4)}
+    if not args.skip_memory:
+        for name in results:
+            results[name]["peak_rss_mib"] = peak_rss(name, args)
     base = results.get("ref-fp32", {}).get("tokens_per_s")
     ratios = {f"{name}_vs_ref-fp32": round(r["tokens_per_s"] / base, 3) for name, r in results.items() if base}
     if "ref-bf16" in results:
