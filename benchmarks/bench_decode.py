@@ -39,12 +39,12 @@ def build(size: str, seed: int = 0) -> Transformer:
     return Transformer(cfg).eval()
 
 
-def to_marian(model: Transformer):
+def to_marian(model: Transformer, bos: int = BOS, eos: int = EOS):
     from transformers import MarianConfig, MarianMTModel
 
     from attnlab.export.hf import marian_config_dict, marian_state_dict
 
-    hf = MarianMTModel(MarianConfig(**marian_config_dict(model.cfg, BOS, EOS)))
+    hf = MarianMTModel(MarianConfig(**marian_config_dict(model.cfg, bos, eos)))
     missing, unexpected = hf.load_state_dict(marian_state_dict(model), strict=False)
     bad = [k for k in missing if "embed_positions" not in k]
     if bad or unexpected:
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--memory-batch", type=int, default=8)
     ap.add_argument("--skip", default="", help="comma list of: hf, reference, memory, int8")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    ap.add_argument("--model", default=None, help="a trained run directory instead of random weights")
+    ap.add_argument("--src", default=None, help="with --model: source sentences, one per line (.gz ok)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--probe-len", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--probe-cache", default="cache", help=argparse.SUPPRESS)
@@ -115,21 +117,33 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = build(args.size)
-    src = sources(args.batch, model.cfg.src_vocab_size)
-    n, t = args.batch, args.max_len
+    if args.model:  # a trained model on real sentences: outputs end at EOS, at different lengths
+        from attnlab.data.corpora import read_lines
+        from attnlab.translate import Translator, source_ids
+
+        if not args.src:
+            ap.error("--model needs --src FILE")
+        translator = Translator.load(args.model)
+        model, bos, eos = translator.model, translator.bos_id, translator.eos_id
+        lines = [line for line in read_lines(args.src) if line.strip()][: args.batch]
+        src = pad_to_tensor([source_ids(translator.tokenizers, line) for line in lines], model.pad_id)
+        skip |= {"reference"}  # the tutorial model has other (random) weights: not the same work
+    else:
+        model, bos, eos = build(args.size), BOS, EOS
+        src = sources(args.batch, model.cfg.src_vocab_size)
+    n, t = src.size(0), args.max_len
     runs: dict[str, float] = {}
-    runs["attnlab_greedy"] = median_of(lambda: greedy(model, src, max_len=t, bos_id=BOS, eos_id=EOS), args.repeats)
+    runs["attnlab_greedy"] = median_of(lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
     runs[f"attnlab_beam{args.beam}"] = median_of(
-        lambda: beam_search(model, src, beam_size=args.beam, max_len=t, bos_id=BOS, eos_id=EOS), args.repeats)
+        lambda: beam_search(model, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
     runs["attnlab_greedy_no_cache"] = median_of(
-        lambda: greedy(model, src, max_len=t, bos_id=BOS, eos_id=EOS, use_cache=False), args.repeats)
+        lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False), args.repeats)
     agree = None
     if "hf" not in skip:
-        hf = to_marian(model)
-        attention_mask = src != PAD
+        hf = to_marian(model, bos, eos)
+        attention_mask = src != model.pad_id
         with torch.no_grad():
-            ours = greedy(model, src, max_len=t, bos_id=BOS, eos_id=EOS)
+            ours = greedy(model, src, max_len=t, bos_id=bos, eos_id=eos)
             theirs = hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=1,
                                  do_sample=False)[:, 1:]
         width = min(ours.size(1), theirs.size(1))
@@ -151,7 +165,7 @@ def main() -> None:
         from attnlab.quantize import quantize_int8
 
         q = quantize_int8(model)
-        runs["attnlab_int8_greedy"] = median_of(lambda: greedy(q, src, max_len=t, bos_id=BOS, eos_id=EOS),
+        runs["attnlab_int8_greedy"] = median_of(lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos),
                                                 args.repeats)
 
     results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}
@@ -161,8 +175,11 @@ def main() -> None:
                          ("attnlab_greedy", "attnlab_greedy_no_cache"), ("attnlab_int8_greedy", "attnlab_greedy")):
         if ours in runs and theirs in runs:
             ratios[f"{ours}_vs_{theirs}"] = round(runs[theirs] / runs[ours], 3)
-    report = {"benchmark": "decoding speed (sentences/s), randomly initialised weights, every system decodes max_len tokens",
-              "size": {"name": args.size, **SIZES[args.size]}, "batch": n, "max_len": t, "beam": args.beam,
+    what = (f"a trained model ({args.model}) on the first {n} sentences of {args.src}" if args.model else
+            "randomly initialised weights: every system decodes max_len tokens")
+    report = {"benchmark": f"decoding speed (sentences/s), {what}",
+              "size": ({k: model.cfg.to_dict()[k] for k in ("d_model", "n_heads", "n_layers", "d_ff", "tgt_vocab_size")}
+                       if args.model else {"name": args.size, **SIZES[args.size]}), "batch": n, "max_len": t, "beam": args.beam,
               "repeats": args.repeats, "greedy_token_agreement_with_hf": agree, "results": results, "ratios": ratios}
     if "memory" not in skip:
         lengths = [int(x) for x in args.memory_lengths.split(",")]

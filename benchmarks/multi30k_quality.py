@@ -16,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
+
 
 def sh(cmd: list[str]) -> str:
     print("$", shlex.join(cmd), flush=True)
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--skip-train", action="store_true", help="only evaluate an existing --run-dir")
+    ap.add_argument("--int8", action="store_true", help="also score the dynamically int8-quantised model")
     args = ap.parse_args()
 
     exe = [sys.executable, "-m", "attnlab"]
@@ -54,11 +58,26 @@ def main() -> None:
     end = [r for r in log if r.get("event") == "end"][-1]
     tok_s = [r["tokens_per_s"] for r in train_events[1:]]
     results = {}
-    for beam in (1, args.beam):
-        out = sh(exe + ["evaluate", "--model", args.run_dir, "--split", "test", "--data-dir", args.data_dir,
-                        "--beam", str(beam), "--json"])
-        results[f"beam{beam}"] = json.loads(out.strip().splitlines()[-1])
+    for int8 in ([False, True] if args.int8 else [False]):
+        for beam in (1, args.beam):
+            out = sh(exe + ["evaluate", "--model", args.run_dir, "--split", "test", "--data-dir", args.data_dir,
+                            "--beam", str(beam), "--json"] + (["--int8"] if int8 else []))
+            results[f"beam{beam}" + ("_int8" if int8 else "")] = json.loads(out.strip().splitlines()[-1])
     import torch
+
+    from attnlab.training.amp import cpu_has_bf16
+
+    int8_report = {}
+    if args.int8:
+        for beam in (1, args.beam):
+            r = results[f"beam{beam}_int8"]
+            int8_report[f"beam{beam}"] = {"bleu": r["bleu"], "chrf": r["chrf"], "decode_seconds": r["seconds"],
+                                          "bleu_change": round(r["bleu"] - results[f"beam{beam}"]["bleu"], 2),
+                                          "speedup": round(results[f"beam{beam}"]["seconds"] / r["seconds"], 3)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = None
 
     report = {
         "benchmark": "multi30k de->en test_2016_flickr, sacreBLEU (detokenised, default settings)",
@@ -78,7 +97,9 @@ def main() -> None:
         "train_tokens_per_s_median": sorted(tok_s)[len(tok_s) // 2] if tok_s else None,
         "best_valid_bleu": max((r.get("bleu", 0) for r in valid_events), default=None),
         "valid_curve": [{k: r.get(k) for k in ("step", "minutes", "bleu", "valid_loss")} for r in valid_events],
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "int8": int8_report or None,
+        "commit": commit,
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "bf16_matmul": cpu_has_bf16(),
                     "torch": torch.__version__, "python": platform.python_version()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
