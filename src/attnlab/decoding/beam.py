@@ -59,14 +59,19 @@ def beam_search(
 
         for step in range(max_len):
             logits, state, _ = model.decode_step(tokens, state)
-            log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n*K, V)
+            logits = logits.float()  # (n*K, V)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # log-prob = logit - lse
             if step < min_len:
-                log_probs[:, eos_id] = float("-inf")
-            n, vocab = scores.size(0), log_probs.size(-1)
-            candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)
-            top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
-            parent = torch.div(top_index, vocab, rounding_mode="floor")
-            token = top_index % vocab
+                logits[:, eos_id] = float("-inf")
+            # A sentence's 2K best extensions lie among each of its beams' 2K best tokens, so only those
+            # are scored: (n*K, 2K) candidates instead of log-softmax and top-k over (n, K*V).
+            n, vocab = scores.size(0), logits.size(-1)
+            width = min(2 * k, vocab)
+            best_logits, best_tokens = logits.topk(width, dim=-1)  # (n*K, width)
+            candidates = (scores.view(-1, 1) + (best_logits - lse)).view(n, k * width)
+            top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=1)  # (n, 2K)
+            parent = torch.div(top_index, width, rounding_mode="floor")
+            token = best_tokens.view(n, k * width).gather(1, top_index)
             last = step == max_len - 1
 
             # set aside finished hypotheses (EOS among the top K; at the last step, everything)
