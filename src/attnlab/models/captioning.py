@@ -341,5 +341,6 @@ class CaptionTransformer(Transformer):
         return {"encoder": torch.stack(enc_w), "decoder_self": torch.stack(self_w), "cross": torch.stack(cross_w)}
 
 
+CAPTION_ARCHS = ("sat", "caption-transformer")
 registry.register("sat", SATConfig, ShowAttendTell)
 registry.register("caption-transformer", CaptionTransformerConfig, CaptionTransformer)

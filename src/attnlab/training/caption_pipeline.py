@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from attnlab.data.batching import Batch, pad_to_tensor
+from attnlab.models.captioning import CAPTION_ARCHS
 from attnlab.models.registry import build_model, family
 from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
 from attnlab.training.config import TrainConfig
@@ -41,17 +42,24 @@ def collate_images(examples: list[tuple[Tensor, list[int]]], pad_id: int) -> Bat
     return Batch(images, tgt_in, tgt_out, int((tgt_out != pad_id).sum()), pad_id)
 
 
+def scene_splits(task: dict[str, Any], image_size: int) -> tuple[list, list, list]:
+    """The generated scenes of a `--task scenes` run: train (n_train), valid (200) and test (200)."""
+    from attnlab.data.images import scenes_dataset
 
-def load_caption_data(args: argparse.Namespace, task: dict[str, Any], image_size: int):
+    n = task.get("n_train") or DEFAULTS["scenes"]["n_train"]
+    scenes = scenes_dataset(n + 400, seed=task.get("seed", 0), size=image_size)
+    return scenes[:n], scenes[n:n + 200], scenes[n + 200:]
+
+
+def load_caption_data(task: dict[str, Any], image_size: int):
     """-> (train, valid, test) lists of (image tensor, [captions])."""
-    from attnlab.data.images import load_image, read_captions_tsv, read_coco_json, scene_tensors, scenes_dataset
+    from attnlab.data.images import load_image, read_captions_tsv, read_coco_json, scene_tensors
 
-    if task["task"] == "scenes":
-        n = task.get("n_train", 6000)
-        scenes = scenes_dataset(n + 400, seed=task.get("seed", 0), size=image_size)
-        images = scene_tensors(scenes)
-        data = [(images[i], [s.caption]) for i, s in enumerate(scenes)]
-        return data[:n], data[n:n + 200], data[n + 200:]
+    if task["task"] == "scenes":  # trained on the caption drawn, scored against both ways of saying it
+        train, valid, test = scene_splits(task, image_size)
+        return ([(image, [scene.caption]) for image, scene in zip(scene_tensors(train), train)],
+                *([(image, scene.captions) for image, scene in zip(scene_tensors(split), split)]
+                  for split in (valid, test)))
     if task.get("coco_json"):
         examples = read_coco_json(task["coco_json"], task["image_dir"])
     else:
@@ -84,7 +92,10 @@ def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
         train_cfg = TrainConfig.from_dict(meta["train"])
         vocab = load_tokenizers(out, meta["tokenizer"])
     else:
-        arch = args.arch if args.arch in ("sat", "caption-transformer") else "sat"
+        if args.arch not in CAPTION_ARCHS + ("transformer",):  # "transformer" is the --arch default
+            raise ValueError(f"--task {args.task} trains an image captioner: --arch {' or '.join(CAPTION_ARCHS)}, "
+                             f"not {args.arch!r}")
+        arch = args.arch if args.arch in CAPTION_ARCHS else "sat"
         d = DEFAULTS[args.task]
         task = {"task": args.task, "data_dir": args.data_dir, "seed": args.seed or 0,
                 "n_train": args.n_train or d.get("n_train"), "captions_tsv": getattr(args, "captions_tsv", None),
@@ -105,7 +116,7 @@ def train_captioner(args: argparse.Namespace) -> dict[str, Any]:
     fields = set(model_values)
     train_cfg = apply_overrides(train_cfg, model_values, parse_overrides(args.set), fields)
 
-    train, valid, _ = load_caption_data(args, task, model_values["image_size"])
+    train, valid, _ = load_caption_data(task, model_values["image_size"])
     if vocab is None:
         vocab = WordVocab.build([c for _, caps in train for c in caps])
         out.mkdir(parents=True, exist_ok=True)

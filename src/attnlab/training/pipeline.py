@@ -96,6 +96,8 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         from attnlab.training.caption_pipeline import train_captioner
 
         return train_captioner(args)
+    if args.arch in ("sat", "caption-transformer"):
+        raise ValueError(f"--arch {args.arch} is an image captioner: train it with --task scenes or --task captions")
     device = default_device(args.device)
     overrides = parse_overrides(args.set)
     resuming = args.resume and (out / "config.json").is_file()
