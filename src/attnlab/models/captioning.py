@@ -152,6 +152,11 @@ class ShowAttendTell(nn.Module):
         n_regions = self.grid_shape[0] * self.grid_shape[1]
         # where a region is: a small CNN's features barely say (a pretrained ResNet's do, through padding)
         self.region_positions = positional_encoding("learned", cfg.d_feature, n_regions) if cfg.region_positions else None
+        if self.region_positions is not None:
+            # as loud as the features from the start (std 1, not d^-0.5): with the quiet start the scenes
+            # captioner said the relation ("left of" / "right of") right in 45% of captions after 1500 steps
+            # and put 0.58 of its attention on the objects it named; with std 1, 89% and 0.64
+            nn.init.normal_(self.region_positions.embedding.weight, std=1.0)
         d, n = cfg.d_feature, cfg.d_hidden
         self.init_h = nn.Linear(d, n)  # f_init,h
         self.init_c = nn.Linear(d, n)  # f_init,c
@@ -305,6 +310,10 @@ class CaptionTransformer(Transformer):
         self.grid_shape = self.patch_embedding.grid_shape
         n_regions = self.grid_shape[0] * self.grid_shape[1]
         self.patch_positions = positional_encoding(cfg.patch_positions, cfg.d_model, n_regions)
+        if cfg.patch_positions == "learned":
+            # std 1, as in Show, Attend and Tell above (ViT starts at 0.02 and trains for far longer): on the
+            # scenes after 600 steps, attention mass on the named objects 0.53 with std 1, 0.27 with d^-0.5
+            nn.init.normal_(self.patch_positions.embedding.weight, std=1.0)
         self.encoder = Encoder(self.cfg)
 
     @property
