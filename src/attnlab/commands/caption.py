@@ -1,5 +1,6 @@
 """attnlab caption: a caption for each image, and with --attention-out a picture per image of where
-the model looked for each word (the attention over the image regions, upsampled, one panel per word)."""
+the model looked for each word (the attention over the image regions, upsampled, one panel per word).
+Prints one line per image: PATH<TAB>caption, then <TAB>PICTURE with --attention-out."""
 from __future__ import annotations
 
 import argparse

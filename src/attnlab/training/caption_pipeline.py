@@ -29,9 +29,8 @@ CAPTION_TASKS = ("scenes", "captions")
 DEFAULTS = {
     # alpha_c = 0: the doubly stochastic regulariser asks every region to be looked at about once per
     # caption (sum_t alpha_ti ~ 1); with 64 regions, 11 words and a picture that is mostly background it
-    # pulls the attention off the objects (attention mass on the named object, same model, data and seed,
-    # after 1000-1500 steps: 0.35-0.36 with alpha_c = 1, 0.45 with 0.1, 0.59-0.61 with 0). COCO keeps the
-    # paper's alpha_c = 1.
+    # pulls the attention off the objects (attention mass on the objects named, 3-minute runs: 0.30 with
+    # alpha_c = 1, 0.67 with 0; README). COCO keeps the paper's alpha_c = 1.
     # threads = 1: the tensors are small, and where other work shares the CPU, OpenMP threads waiting on
     # each other cost more than they gain (40 steps: 12 s with one thread, 48 s with two, on a busy 2-core box)
     "scenes": {"preset": "tiny", "n_train": 6000, "model": {"alpha_c": 0.0},
