@@ -65,6 +65,9 @@ class Translator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
         run: LoadedRun = load_run(path, device)
+        if hasattr(run.model, "grid_shape"):  # its source is an image, not text
+            raise ValueError(f"{path} holds an image captioner ({run.meta.get('arch')!r}), not a translator; "
+                             "use 'attnlab caption'")
         return cls(run.model, run.tokenizers, device, run.meta)
 
     def quantize_int8(self) -> "Translator":

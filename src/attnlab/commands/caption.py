@@ -1,5 +1,6 @@
 """attnlab caption: a caption for each image, and with --attention-out a picture per image of where
-the model looked for each word (the attention over the image regions, upsampled, one panel per word)."""
+the model looked for each word (the attention over the image regions, upsampled, one panel per word).
+Prints one line per image: PATH<TAB>caption, then <TAB>PICTURE with --attention-out."""
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,16 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.attention_out) if args.attention_out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
     for path, image, caption_ids in zip(args.images, images, ids):
         text = captioner.vocab.decode(caption_ids)
         line = f"{path}\t{text}"
-        if out_dir and caption_ids:
-            png = captioner.plot(image, caption_ids, out_dir / (Path(path).stem + ".attention.png"), title=text)
+        if out_dir:
+            name = Path(path).stem
+            while name in used:  # two images with the same name in different folders
+                name += "_"
+            used.add(name)
+            png = captioner.plot(image, caption_ids, out_dir / f"{name}.attention.png", title=text or "(no words)")
             line += f"\t{png}"
         print(line)
     return 0

@@ -1,4 +1,6 @@
-"""attnlab evaluate: sacreBLEU and chrF of a model on a source/reference file pair (or a split of its task)."""
+"""attnlab evaluate: sacreBLEU and chrF of a model on a source/reference file pair (or a split of its task).
+For an image captioner: BLEU-1..4 against all the reference captions of each image (a split of its task,
+or --captions FILE)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, choices=["valid", "test"],
                    help="instead of --src/--ref, use this split of the task the model was trained on")
     p.add_argument("--data-dir", default=None, help="with --split: where the task's data lies now")
+    p.add_argument("--captions", default=None, help="captioner: a captions TSV or COCO-format JSON to score on")
+    p.add_argument("--image-dir", default=None, help="with --captions FILE.json: the folder of its images")
     p.add_argument("--limit", type=int, default=0, help="score only the first N sentences")
     p.add_argument("--hyp-out", default=None, help="write the translations to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object: bleu, chrf, sentences, seconds")
@@ -48,9 +52,15 @@ def load_pairs(args: argparse.Namespace, meta: dict) -> tuple[list[str], list[st
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.commands.evaluate_captions import is_captioner_run, run_captions
     from attnlab.device import parse_device
     from attnlab.metrics.bleu import corpus_scores
     from attnlab.translate import Translator
+
+    if is_captioner_run(args.model):
+        return run_captions(args)
+    if args.captions:
+        raise ValueError("--captions is for image captioners; a translator takes --src FILE --ref FILE or --split")
 
     cfg = decode_config(args)
     translator = Translator.load(args.model, parse_device(args.device))

@@ -36,6 +36,8 @@ def to_rgb(image):  # PIL.Image -> RGB PIL.Image
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
     if image.mode == "I;16" or image.mode == "I":  # 16/32-bit grayscale: scale into 8 bits
         arr = np.asarray(image, dtype=np.float64)
         hi = arr.max() or 1.0
@@ -69,31 +71,37 @@ def pil_to_tensor(image, size: int) -> Tensor:
 
 
 def load_image(path: str | Path, size: int) -> Tensor:
-    """Read an image file -> (3, size, size) float32, normalised. Errors name the file."""
+    """Read an image file -> (3, size, size) float32, normalised. Errors are one line naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"image file {path} not found")
+    if not path.is_file():
+        raise ValueError(f"image file {path} is not a file")
     if path.stat().st_size == 0:
         raise ValueError(f"image file {path} is empty")
     try:
-        with warnings.catch_warnings():
+        file = open(path, "rb")
+    except OSError as err:
+        raise ValueError(f"image file {path} cannot be read: {err.strerror}") from None
+    try:
+        with file, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ValueError(f"image file {path} is {image.width}x{image.height} pixels; the limit is "
-                                     f"{MAX_PIXELS} pixels")
-                image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale, much faster
-                return pil_to_tensor(to_rgb(image), size)
+            with Image.open(file) as image:  # reads the header only
+                width, height = image.size
+                if width * height <= MAX_PIXELS:
+                    image.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale, much faster
+                    return pil_to_tensor(to_rgb(image), size)
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image PIL can read (expected PNG, JPEG, GIF, WebP, BMP, ...)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"image file {path} is too large to decode safely: {err}") from None
-    except ValueError:
-        raise
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"image file {path} is corrupt or truncated: {err}") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for corrupt files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"image file {path} is corrupt or truncated: {reason}") from None
+    raise ValueError(f"image file {path} is {width}x{height} pixels; the limit is {MAX_PIXELS} pixels "
+                     "(a larger picture could exhaust memory)")
 
 
 # ---- captioned image collections ----------------------------------------------------------------
@@ -112,17 +120,24 @@ def read_captions_tsv(path: str | Path, image_root: str | Path | None = None) ->
         raise ValueError(f"captions file {path} not found")
     root = Path(image_root) if image_root else path.parent
     by_image: dict[Path, CaptionedImage] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"file_name", "caption"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path} has no {', '.join(sorted(missing))} column (columns: {reader.fieldnames})")
-        for row in reader:
-            split = row.get("split") or ""
-            image = root / split / row["file_name"] if split else root / row["file_name"]
-            item = by_image.setdefault(image, CaptionedImage(image, [], split))
-            if row["caption"].strip():
-                item.captions.append(row["caption"].strip())
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            missing = {"file_name", "caption"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{path} is not a captions TSV: it has no {', '.join(sorted(missing))} column "
+                                 f"(columns: {reader.fieldnames})")
+            for row in reader:
+                if not row["file_name"] or row["caption"] is None:
+                    raise ValueError(f"{path}, line {reader.line_num}: expected tab-separated columns "
+                                     f"{reader.fieldnames}")
+                split = row.get("split") or ""
+                image = root / split / row["file_name"] if split else root / row["file_name"]
+                item = by_image.setdefault(image, CaptionedImage(image, [], split))
+                if row["caption"].strip():
+                    item.captions.append(row["caption"].strip())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     return [item for item in by_image.values() if item.captions]
 
 
@@ -134,14 +149,17 @@ def read_coco_json(path: str | Path, image_dir: str | Path) -> list[CaptionedIma
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = {img["id"]: img["file_name"] for img in data["images"]}
-        annotations = data["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        annotations = [(ann["image_id"], ann["caption"]) for ann in data["annotations"]]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a COCO-format captions file: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a COCO-format captions file ({{'images': [{{'id', 'file_name'}}], "
+                         f"'annotations': [{{'image_id', 'caption'}}]}}): missing or wrong {err}") from None
     by_id: dict[int, CaptionedImage] = {}
-    for ann in annotations:
-        if ann.get("image_id") in files and str(ann.get("caption", "")).strip():
-            item = by_id.setdefault(ann["image_id"], CaptionedImage(image_dir / files[ann["image_id"]]))
-            item.captions.append(str(ann["caption"]).strip())
+    for image_id, caption in annotations:
+        if image_id in files and str(caption).strip():
+            item = by_id.setdefault(image_id, CaptionedImage(image_dir / files[image_id]))
+            item.captions.append(" ".join(str(caption).split()))  # COCO captions carry stray spaces / newlines
     return list(by_id.values())
 
 
@@ -172,6 +190,13 @@ class Scene:
     def caption(self) -> str:
         a, b = self.objects
         return f"a {a.name} {self.relation} a {b.name}"
+
+    @property
+    def captions(self) -> list[str]:
+        """Both ways of saying it ("a red circle left of a blue square", "a blue square right of a red
+        circle"): the references for BLEU."""
+        a, b = self.objects
+        return [self.caption, f"a {b.name} {RELATIONS[self.relation]} a {a.name}"]
 
 
 def _draw(draw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:

@@ -6,15 +6,16 @@ a_1..a_L of Show, Attend and Tell (Xu et al. 2015, section 3.1.1).
   vector describes one region of the image. The receptive field stays small (15 pixels for three
   stages), so a cell describes its own region and not the whole picture, which is what lets attention
   over cells mean "where the model looks".
-- `TorchvisionRegionEncoder`: a torchvision ResNet's last convolutional feature map (optionally
-  with ImageNet weights, downloaded by torchvision), pooled to the grid. torchvision is an optional
-  dependency; it is imported only when asked for.
+- `TorchvisionRegionEncoder`: a torchvision ResNet's convolutional feature map (optionally with
+  ImageNet weights, downloaded by torchvision), pooled to the grid. torchvision is an optional
+  dependency, imported only when such a backbone is asked for; without it, a one-line error.
 Both map (B, 3, H, W) -> (B, grid_size * grid_size, d_feature), regions in row-major order.
 """
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 BACKBONES = ("scratch", "resnet18", "resnet34", "resnet50")
@@ -46,22 +47,44 @@ class CNNRegionEncoder(nn.Module):
         return self.net(images).flatten(2).transpose(1, 2)  # (B, d_feature, g, g) -> (B, g*g, d_feature)
 
 
-class TorchvisionRegionEncoder(nn.Module):
-    """A ResNet without its pooling and classifier; its feature map is pooled to grid x grid and
-    projected to d_feature. With `freeze`, the backbone's weights stay fixed (and in eval mode)."""
+RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, name: str, grid_size: int, d_feature: int, pretrained: bool = False, freeze: bool = True):
+
+def _resnet(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's ResNet `name`, with ImageNet weights when `pretrained`; one-line errors otherwise."""
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError(f"backbone {name!r} needs torchvision (pip install torchvision, the build that matches "
+                         "your torch); backbone 'scratch' needs nothing") from None
+    try:
+        return getattr(torchvision.models, name)(weights="DEFAULT" if pretrained else None)
+    except Exception as err:  # noqa: BLE001 - a download fails as URLError, RuntimeError (hash), OSError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"could not load the ImageNet weights of {name} (torchvision downloads them once into "
+                         f"~/.cache/torch/hub): {reason}; set pretrained=false or backbone=scratch") from None
+
+
+class TorchvisionRegionEncoder(nn.Module):
+    """A ResNet cut after the deepest stage whose map still has at least grid x grid cells (layer4 at
+    stride 32, else layer3 at 16, else layer2 at 8: a 224-pixel image gives layer3's 14 x 14, the grid of
+    the paper's VGG conv5_4), average-pooled to the grid and projected to d_feature by a 1 x 1 conv.
+    With `freeze`, the backbone's weights stay fixed, and in eval mode (its BatchNorm statistics kept)."""
+
+    def __init__(self, name: str, image_size: int, grid_size: int, d_feature: int, pretrained: bool = False,
+                 freeze: bool = True):
         super().__init__()
-        try:
-            import torchvision
-        except ImportError:
-            raise ValueError(f"backbone {name!r} needs torchvision (pip install torchvision); "
-                             "backbone 'scratch' needs nothing") from None
-        weights = "DEFAULT" if pretrained else None
-        resnet = getattr(torchvision.models, name)(weights=weights)
-        self.body = nn.Sequential(*list(resnet.children())[:-2])  # up to the last conv stage
+        last = next((stage for stage, stride in (("layer4", 32), ("layer3", 16), ("layer2", 8))
+                     if image_size // stride >= grid_size), None)
+        if last is None:
+            raise ValueError(f"a {grid_size} x {grid_size} grid needs image_size >= {8 * grid_size} for backbone "
+                             f"{name!r} (its maps have a stride of 8 at least), got {image_size}")
+        stages = dict(_resnet(name, pretrained).named_children())
+        self.body = nn.Sequential(*[stages[s] for s in RESNET_STAGES[: RESNET_STAGES.index(last) + 1]])
+        with torch.no_grad():
+            channels = self.body.eval()(torch.zeros(1, 3, 64, 64)).size(1)
         self.pool = nn.AdaptiveAvgPool2d(grid_size)
-        self.proj = nn.Conv2d(resnet.fc.in_features, d_feature, 1)
+        self.proj = nn.Conv2d(channels, d_feature, 1)
         self.freeze = freeze
         if freeze:
             self.body.requires_grad_(False)
@@ -82,5 +105,5 @@ def region_encoder(backbone: str, image_size: int, grid_size: int, d_feature: in
     if backbone == "scratch":
         return CNNRegionEncoder(image_size, grid_size, d_feature, channels)
     if backbone in BACKBONES:
-        return TorchvisionRegionEncoder(backbone, grid_size, d_feature, pretrained, freeze)
+        return TorchvisionRegionEncoder(backbone, image_size, grid_size, d_feature, pretrained, freeze)
     raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")

@@ -16,6 +16,8 @@ import torch
 
 from attnlab.config import TRANSFORMER_PRESETS, TransformerConfig
 from attnlab.data.batching import encode_pairs
+from attnlab.models.captioning import CAPTION_ARCHS
+from attnlab.training.caption_pipeline import CAPTION_TASKS
 from attnlab.models.registry import build_model, family
 from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
 from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
@@ -90,7 +92,6 @@ def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt
     return values
 
 
-CAPTION_TASKS, CAPTION_ARCHS = ("scenes", "captions"), ("sat", "caption-transformer")
 
 
 def check_args(args: argparse.Namespace) -> None:
