@@ -102,8 +102,9 @@ def translator_dir(tmp_path_factory):
     (["translate", "--model", "{run}", "--text", "a red circle"], "holds an image captioner"),
     (["evaluate", "--model", "{run}", "--src", "a.txt", "--ref", "b.txt"], "this model is an image captioner"),
     (["evaluate", "--model", "{run}", "--captions", "{tmp}/none.tsv"], "captions file {tmp}/none.tsv not found"),
-    (["train", "--task", "scenes", "--arch", "rnn", "--out", "{tmp}/x"], "trains an image captioner"),
-    (["train", "--task", "dates", "--arch", "sat", "--out", "{tmp}/w"], "--arch sat is an image captioner"),
+    (["train", "--task", "scenes", "--arch", "rnn", "--out", "{tmp}/x"],
+     "--arch rnn does not fit --task scenes; use --arch sat or caption-transformer"),
+    (["train", "--task", "dates", "--arch", "sat", "--out", "{tmp}/w"], "--arch sat does not fit --task dates"),
     (["train", "--task", "captions", "--out", "{tmp}/y", "--max-steps", "1"], "--task captions needs --data-dir"),
     (["train", "--task", "captions", "--out", "{tmp}/z", "--captions-tsv", "{tmp}/none.tsv"], "not found"),
 ])
