@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model  # noqa: E402
+from attnlab.bench.common import cpu_model  # noqa: E402
 
 
 def sh(cmd: list[str]) -> str:

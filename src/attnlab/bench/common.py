@@ -28,6 +28,7 @@ PAD, BOS, EOS = 0, 1, 2
 SIZES: dict[str, dict[str, int]] = {
     "small": dict(d_model=256, n_heads=4, n_layers=3, d_ff=1024, vocab=8000),
     "base": dict(d_model=512, n_heads=8, n_layers=6, d_ff=2048, vocab=8000),
+    "tiny": dict(d_model=64, n_heads=4, n_layers=1, d_ff=128, vocab=500),  # smoke tests of the benchmarks
 }
 
 

@@ -1,0 +1,191 @@
+"""Decoding speed: attnlab greedy / beam search vs Hugging Face MarianMTModel.generate with the same
+weights, and vs the tutorial's nn.Transformer greedy loop without a cache. Same process, same inputs.
+
+The attnlab model (randomly initialised) is exported to Marian with attnlab.export.hf, so both decode
+the very same network; the JSON records whether their greedy outputs agree token for token. Random
+weights never choose EOS, so every system decodes the full `--max-len` tokens: equal work.
+
+Also measured: decoding memory against output length (peak RSS of a fresh process per length, KV
+cache vs recomputation), and optionally dynamic int8 quantisation (speed only; BLEU before/after is
+in benchmarks/multi30k_quality.py --quantize).
+
+    attnlab bench decode --out benchmarks/results/decode_small.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from attnlab.bench.common import BOS, EOS, PAD, SIZES, ReferenceTranslator, reference_greedy, synthetic_pairs, write_report
+
+from attnlab import Transformer, TransformerConfig
+from attnlab.data.batching import pad_to_tensor
+from attnlab.decoding import beam_search, greedy
+
+
+def build(size: str, seed: int = 0) -> Transformer:
+    s = SIZES[size]
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(src_vocab_size=s["vocab"], tgt_vocab_size=s["vocab"], d_model=s["d_model"],
+                            n_heads=s["n_heads"], n_layers=s["n_layers"], d_ff=s["d_ff"], dropout=0.1,
+                            share_embeddings=True)
+    return Transformer(cfg).eval()
+
+
+def to_marian(model: Transformer, bos: int = BOS, eos: int = EOS):
+    from transformers import MarianConfig, MarianMTModel
+
+    from attnlab.export.hf import marian_config_dict, marian_state_dict
+
+    hf = MarianMTModel(MarianConfig(**marian_config_dict(model.cfg, bos, eos)))
+    missing, unexpected = hf.load_state_dict(marian_state_dict(model), strict=False)
+    bad = [k for k in missing if "embed_positions" not in k]
+    if bad or unexpected:
+        raise RuntimeError(f"Marian weights do not fit: missing {bad}, unexpected {unexpected}")
+    # Marian forces EOS at the length limit; attnlab does not: switch it off so both decode the same tokens
+    hf.generation_config.forced_eos_token_id = None
+    return hf.eval()
+
+
+def sources(n: int, vocab: int, seed: int = 1) -> torch.Tensor:
+    return pad_to_tensor([s for s, _ in synthetic_pairs(n, vocab, seed)], PAD)
+
+
+def median_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child process: decode once at --probe-len and print the peak RSS (MiB)."""
+    import resource
+
+    model = build(args.size)
+    src = sources(args.batch, model.cfg.src_vocab_size)[: args.batch]
+    torch.set_num_threads(1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    greedy(model, src, max_len=args.probe_len, bos_id=BOS, eos_id=EOS, use_cache=args.probe_cache == "cache")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mib": before, "peak_mib": after}))
+
+
+def memory_curve(args: argparse.Namespace, lengths: list[int]) -> dict:
+    curve = {}
+    for mode in ("cache", "recompute"):
+        rows = []
+        for n in lengths:
+            out = subprocess.run([sys.executable, "-m", "attnlab.bench.decode", "--size", args.size, "--batch", str(args.memory_batch),
+                                  "--probe-len", str(n), "--probe-cache", mode], capture_output=True, text=True,
+                                 check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"output_len": n, "decode_mib": round(r["peak_mib"] - r["before_mib"], 1),
+                         "peak_rss_mib": round(r["peak_mib"], 1)})
+        curve[mode] = rows
+    return curve
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="attnlab bench decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--max-len", type=int, default=32)
+    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-lengths", default="64,128,256,512")
+    ap.add_argument("--memory-batch", type=int, default=8)
+    ap.add_argument("--skip", default="", help="comma list of: hf, reference, memory, int8")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    ap.add_argument("--model", default=None, help="a trained run directory instead of random weights")
+    ap.add_argument("--src", default=None, help="with --model: source sentences, one per line (.gz ok)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--probe-len", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-cache", default="cache", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.probe_len:
+        return memory_probe(args)
+    skip = set(filter(None, args.skip.split(",")))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.model:  # a trained model on real sentences: outputs end at EOS, at different lengths
+        from attnlab.data.corpora import read_lines
+        from attnlab.translate import Translator, source_ids
+
+        if not args.src:
+            ap.error("--model needs --src FILE")
+        translator = Translator.load(args.model)
+        model, bos, eos = translator.model, translator.bos_id, translator.eos_id
+        lines = [line for line in read_lines(args.src) if line.strip()][: args.batch]
+        src = pad_to_tensor([source_ids(translator.tokenizers, line) for line in lines], model.pad_id)
+        skip |= {"reference"}  # the tutorial model has other (random) weights: not the same work
+    else:
+        model, bos, eos = build(args.size), BOS, EOS
+        src = sources(args.batch, model.cfg.src_vocab_size)
+    n, t = src.size(0), args.max_len
+    runs: dict[str, float] = {}
+    runs["attnlab_greedy"] = median_of(lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
+    runs[f"attnlab_beam{args.beam}"] = median_of(
+        lambda: beam_search(model, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
+    runs["attnlab_greedy_no_cache"] = median_of(
+        lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False), args.repeats)
+    agree = None
+    if "hf" not in skip:
+        hf = to_marian(model, bos, eos)
+        attention_mask = src != model.pad_id
+        with torch.no_grad():
+            ours = greedy(model, src, max_len=t, bos_id=bos, eos_id=eos)
+            theirs = hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=1,
+                                 do_sample=False)[:, 1:]
+        width = min(ours.size(1), theirs.size(1))
+        agree = float((ours[:, :width] == theirs[:, :width]).float().mean())
+
+        def hf_generate(beams: int):
+            with torch.no_grad():
+                hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=beams,
+                            do_sample=False, length_penalty=0.6 if beams > 1 else 1.0, early_stopping=True)
+
+        runs["hf_marian_greedy"] = median_of(lambda: hf_generate(1), args.repeats)
+        runs[f"hf_marian_beam{args.beam}"] = median_of(lambda: hf_generate(args.beam), args.repeats)
+    if "reference" not in skip:
+        s = SIZES[args.size]
+        torch.manual_seed(0)
+        ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
+        runs["nn_transformer_greedy_no_cache"] = median_of(lambda: reference_greedy(ref, src, t + 1), args.repeats)
+    if "int8" not in skip:
+        from attnlab.quantize import quantize_int8
+
+        q = quantize_int8(model)
+        runs["attnlab_int8_greedy"] = median_of(lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos),
+                                                args.repeats)
+
+    results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}
+    ratios = {}
+    for ours, theirs in (("attnlab_greedy", "hf_marian_greedy"), (f"attnlab_beam{args.beam}", f"hf_marian_beam{args.beam}"),
+                         ("attnlab_greedy", "nn_transformer_greedy_no_cache"),
+                         ("attnlab_greedy", "attnlab_greedy_no_cache"), ("attnlab_int8_greedy", "attnlab_greedy")):
+        if ours in runs and theirs in runs:
+            ratios[f"{ours}_vs_{theirs}"] = round(runs[theirs] / runs[ours], 3)
+    what = (f"a trained model ({args.model}) on the first {n} sentences of {args.src}" if args.model else
+            "randomly initialised weights: every system decodes max_len tokens")
+    report = {"benchmark": f"decoding speed (sentences/s), {what}",
+              "size": ({k: model.cfg.to_dict()[k] for k in ("d_model", "n_heads", "n_layers", "d_ff", "tgt_vocab_size")}
+                       if args.model else {"name": args.size, **SIZES[args.size]}), "batch": n, "max_len": t, "beam": args.beam,
+              "repeats": args.repeats, "greedy_token_agreement_with_hf": agree, "results": results, "ratios": ratios}
+    if "memory" not in skip:
+        lengths = [int(x) for x in args.memory_lengths.split(",")]
+        report["memory_vs_output_length"] = {"batch": args.memory_batch, **memory_curve(args, lengths)}
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()

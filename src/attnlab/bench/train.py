@@ -1,0 +1,176 @@
+"""Training throughput: attnlab vs a plain torch.nn.Transformer training loop, same batches, same process.
+
+Both train the same translator (embeddings x sqrt(d), sinusoids, post-norm encoder-decoder, tied output,
+label smoothing 0.1, Adam(0.9, 0.98, 1e-9), warm-up, clipping at 1.0) on identical batches of 64
+sentence pairs with Multi30k-like lengths, in the same order. Reported: real (non-pad) target tokens
+per second, forward + backward + optimizer step, median over repeats, and the model FLOP utilisation
+against the measured matmul peak of the same dtype.
+
+    attnlab bench train --size small --out benchmarks/results/train_small.json
+    attnlab bench train --size base --repeats 3 --out benchmarks/results/train_base.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import torch
+
+from attnlab.bench.common import SIZES, ReferenceTranslator, label_smoothed_ce, matmul_peak, synthetic_pairs, write_report
+
+from attnlab import Transformer, TransformerConfig
+from attnlab.data.batching import Batch, collate
+from attnlab.training.config import TrainConfig
+from attnlab.training.loop import Trainer
+from attnlab.training.schedule import inverse_sqrt_schedule
+
+
+def training_flops(batches: list[Batch], d: int, layers: int, d_ff: int, vocab: int) -> float:
+    """Useful matmul FLOPs of forward + backward (3x forward) over the real tokens of `batches`."""
+    total = 0.0
+    for b in batches:
+        s_len = (b.src != 0).sum(1).double()
+        t_len = (b.tgt_out != 0).sum(1).double()
+        enc = layers * (2 * (4 * d * d + 2 * d * d_ff) + 4 * s_len * d) * s_len  # per sentence
+        dec = layers * (2 * (6 * d * d + 2 * d * d_ff) + 4 * t_len * d / 2 + 4 * s_len * d) * t_len
+        cross_kv = layers * 2 * 2 * d * d * s_len
+        out = 2 * d * vocab * t_len
+        total += float((enc + dec + cross_kv + out).sum())
+    return 3 * total
+
+
+def make_batches(n_batches: int, batch_size: int, vocab: int, seed: int) -> list[Batch]:
+    pairs = synthetic_pairs(n_batches * batch_size, vocab, seed)
+    return [collate(pairs[i:i + batch_size], 0) for i in range(0, len(pairs), batch_size)]
+
+
+def reference_step_fn(model: ReferenceTranslator, amp: str, warmup: int, d_model: int):
+    opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+    sched = inverse_sqrt_schedule(opt, d_model, warmup, 1.0)
+
+    def step(batch: Batch) -> float:
+        model.train()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else torch.autocast("cpu", enabled=False)
+        with ctx:
+            logits = model(batch.src, batch.tgt_in)
+        loss = label_smoothed_ce(logits, batch.tgt_out) / batch.n_tokens
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return float(loss.detach())
+
+    return step
+
+
+def attnlab_step_fn(model: Transformer, amp: str, warmup: int, pairs_for_sampler):
+    cfg = TrainConfig(amp=amp, warmup_steps=warmup, clip_norm=1.0, label_smoothing=0.1)
+    trainer = Trainer(model, pairs_for_sampler, None, cfg, tempfile.mkdtemp(prefix="attnlab-bench-"), progress=False)
+
+    def step(batch: Batch) -> float:
+        return trainer.train_step([batch])["loss"]
+
+    return step
+
+
+def make_step(name: str, size: dict, batches: list[Batch]):
+    family, amp = name.split("-")
+    d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]
+    torch.manual_seed(0)
+    if family == "ref":
+        return reference_step_fn(ReferenceTranslator(d, h, n, d_ff, vocab), amp, 4000, d)
+    cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d, n_heads=h, n_layers=n,
+                            d_ff=d_ff, dropout=0.1, share_embeddings=True)
+    return attnlab_step_fn(Transformer(cfg), "none" if amp == "fp32" else amp, 4000,
+                           [(b.src[0].tolist(), b.tgt_in[0].tolist()) for b in batches])
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    """Child process: a few training steps of one configuration, then its peak RSS (MiB) as JSON."""
+    import json
+    import resource
+
+    batches = make_batches(args.batches, args.batch_size, SIZES[args.size]["vocab"], seed=0)
+    step = make_step(args.memory_probe, SIZES[args.size], batches)
+    for b in batches[:3]:
+        step(b)
+    print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def peak_rss(name: str, args: argparse.Namespace) -> float:
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "attnlab.bench.train", "--size", args.size, "--batches", str(args.batches),
+                          "--batch-size", str(args.batch_size), "--memory-probe", name],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="attnlab bench train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=8, help="distinct batches per timed round")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (median)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--configs", default="ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16")
+    ap.add_argument("--skip-memory", action="store_true", help="do not measure peak RSS per configuration")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_probe:
+        return memory_probe(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = SIZES[args.size]
+    d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]
+    batches = make_batches(args.batches, args.batch_size, vocab, seed=0)
+    real_tokens = sum(b.n_tokens for b in batches)
+    padded_tokens = sum(b.tgt_out.numel() for b in batches)
+    flops = training_flops(batches, d, n, d_ff, vocab)
+
+    steps = {name: make_step(name, size, batches) for name in args.configs.split(",")}
+    for step in steps.values():  # warm-up: allocator, kernels, lazy init
+        for b in batches[:2]:
+            step(b)
+
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):  # alternate, so drift of the machine hits every configuration alike
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                step(b)
+            times[name].append(time.perf_counter() - t0)
+
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    results = {}
+    for name, ts in times.items():
+        med = sorted(ts)[len(ts) // 2]
+        amp = name.split("-")[1]
+        results[name] = {"tokens_per_s": round(real_tokens / med, 1), "seconds_per_round": round(med, 4),
+                         "rounds": [round(t, 4) for t in ts],
+                         "tflops": round(flops / med / 1e12, 4), "mfu": round(flops / med / peaks[amp], 4)}
+    if not args.skip_memory:
+        for name in results:
+            results[name]["peak_rss_mib"] = peak_rss(name, args)
+    base = results.get("ref-fp32", {}).get("tokens_per_s")
+    ratios = {f"{name}_vs_ref-fp32": round(r["tokens_per_s"] / base, 3) for name, r in results.items() if base}
+    if "ref-bf16" in results:
+        ratios.update({f"{name}_vs_ref-bf16": round(r["tokens_per_s"] / results["ref-bf16"]["tokens_per_s"], 3)
+                       for name, r in results.items() if name.startswith("attnlab")})
+    write_report(args.out, {
+        "benchmark": "training throughput (real target tokens/s, forward+backward+Adam step)",
+        "size": {"name": args.size, **size}, "batch_size": args.batch_size, "batches_per_round": args.batches,
+        "repeats": args.repeats, "real_target_tokens_per_round": real_tokens,
+        "padded_target_tokens_per_round": padded_tokens,
+        "matmul_peak_tflops": {k: round(v / 1e12, 4) for k, v in peaks.items()},
+        "results": results, "ratios": ratios,
+    })
+
+
+if __name__ == "__main__":
+    main()

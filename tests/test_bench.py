@@ -1,0 +1,51 @@
+"""The benchmarks run end to end (tiny sizes) and report what they claim; attnlab and HF Marian decode alike."""
+import json
+
+import pytest
+
+from attnlab.cli import main
+
+
+def report(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{"):])
+
+
+def test_train_benchmark_reports_ratios_and_mfu(capsys, tmp_path):
+    path = tmp_path / "train.json"
+    assert main(["bench", "train", "--size", "tiny", "--batches", "1", "--repeats", "1", "--batch-size", "8",
+                 "--configs", "ref-fp32,attnlab-fp32", "--skip-memory", "--out", str(path)]) == 0
+    result = report(capsys)
+    assert json.loads(path.read_text()) == result
+    assert set(result["results"]) == {"ref-fp32", "attnlab-fp32"}
+    assert result["ratios"]["ref-fp32_vs_ref-fp32"] == 1.0
+    for r in result["results"].values():
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1.5
+    assert result["real_target_tokens_per_round"] < result["padded_target_tokens_per_round"]
+    assert {"cpu", "threads", "torch", "bf16_matmul"} <= set(result["machine"])
+
+
+def test_decode_benchmark_decodes_what_hf_marian_decodes(capsys):
+    pytest.importorskip("transformers")
+    assert main(["bench", "decode", "--size", "tiny", "--batch", "6", "--max-len", "5", "--repeats", "1",
+                 "--skip", "memory"]) == 0
+    result = report(capsys)
+    assert result["greedy_token_agreement_with_hf"] == 1.0  # the same network, exported
+    assert {"attnlab_greedy", "attnlab_beam4", "hf_marian_greedy", "hf_marian_beam4", "attnlab_int8_greedy",
+            "nn_transformer_greedy_no_cache", "attnlab_greedy_no_cache"} <= set(result["results"])
+    assert all(r["sentences_per_s"] > 0 for r in result["results"].values())
+
+
+def test_decode_memory_probe_grows_with_output_length(capsys):
+    assert main(["bench", "decode", "--size", "tiny", "--batch", "2", "--max-len", "2", "--repeats", "1",
+                 "--skip", "hf,reference,int8", "--memory-lengths", "8,16", "--memory-batch", "2"]) == 0
+    curve = report(capsys)["memory_vs_output_length"]
+    assert [r["output_len"] for r in curve["cache"]] == [8, 16] and len(curve["recompute"]) == 2
+
+
+def test_attention_benchmark_times_both_paths(capsys):
+    assert main(["bench", "attention", "--lengths", "16,32", "--tokens", "64", "--repeats", "1", "--heads", "2",
+                 "--head-dim", "8"]) == 0
+    rows = report(capsys)["rows"]
+    assert [r["T"] for r in rows] == [16, 32]
+    assert all(r["fused_train_ms"] > 0 and r["naive_train_ms"] > 0 for r in rows)
