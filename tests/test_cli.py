@@ -71,6 +71,9 @@ def test_resume_continues_to_a_larger_budget(run_dir):
     resume = [e for e in events if e["event"] == "resume"]
     assert resume and resume[-1]["step"] == 120
     assert events[-1]["event"] == "end" and events[-1]["steps"] == 130
+    meta = json.loads((run_dir / "config.json").read_text())  # the model card quotes the starting command
+    assert "--resume" not in meta["command"] and "--task" in meta["command"]
+    assert meta["resumed_with"][-1].endswith("--resume --max-steps 130 --no-progress")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -6,6 +6,8 @@ Every failure is a one-line error naming the path and the problem.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,15 @@ class LoadedRun:
     tokenizers: Any
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+
+def command_record(args: Any, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's command for config.json: the one that started it stays "command" (the model card quotes
+    it); each --resume adds its own to "resumed_with"."""
+    now = "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+    if meta and meta.get("command"):
+        return {"command": meta["command"], "resumed_with": [*meta.get("resumed_with", []), now]}
+    return {"command": now}
 
 
 def write_run_config(run_dir: Path, arch: str, model_config: dict, task: dict, train: dict,

@@ -131,8 +131,35 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / t
 
 
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Linux: restart the peak-RSS high-water mark here, so that what imports and set-up touched does not
+    hide the peak of the work measured next (writing 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib() -> float:
+    now = _status_mib("VmRSS")
+    return now if now is not None else peak_rss_mib()
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    hwm = _status_mib("VmHWM")  # reset by reset_peak_rss()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def cpu_model() -> str:

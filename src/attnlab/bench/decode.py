@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from attnlab.bench.common import BOS, EOS, PAD, SIZES, ReferenceTranslator, reference_greedy, synthetic_pairs, write_report
+from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, peak_rss_mib, reference_greedy, reset_peak_rss,
+                                   rss_mib, synthetic_pairs, write_report)
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.data.batching import pad_to_tensor
@@ -67,16 +68,17 @@ def median_of(fn, repeats: int) -> float:
 
 
 def memory_probe(args: argparse.Namespace) -> None:
-    """Child process: decode once at --probe-len and print the peak RSS (MiB)."""
-    import resource
-
+    """Child process: decode once at --probe-len and print the RSS before and its peak during decoding (MiB)."""
     model = build(args.size)
     src = sources(args.batch, model.cfg.src_vocab_size)[: args.batch]
     torch.set_num_threads(1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    greedy(model, src, max_len=args.probe_len, bos_id=BOS, eos_id=EOS, use_cache=args.probe_cache == "cache")
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before_mib": before, "peak_mib": after}))
+    with torch.no_grad():
+        greedy(model, src[:1], max_len=2, bos_id=BOS, eos_id=EOS)  # load the kernels before measuring
+    reset_peak_rss()
+    before = rss_mib()
+    with torch.no_grad():
+        greedy(model, src, max_len=args.probe_len, bos_id=BOS, eos_id=EOS, use_cache=args.probe_cache == "cache")
+    print(json.dumps({"before_mib": before, "peak_mib": peak_rss_mib()}))
 
 
 def memory_curve(args: argparse.Namespace, lengths: list[int]) -> dict:

@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from attnlab.bench.common import SIZES, ReferenceTranslator, label_smoothed_ce, matmul_peak, synthetic_pairs, write_report
+from attnlab.bench.common import (SIZES, ReferenceTranslator, label_smoothed_ce, matmul_peak, peak_rss_mib, reset_peak_rss,
+                                   synthetic_pairs, write_report)
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.data.batching import Batch, collate
@@ -89,15 +90,16 @@ def make_step(name: str, size: dict, batches: list[Batch]):
 
 
 def memory_probe(args: argparse.Namespace) -> None:
-    """Child process: a few training steps of one configuration, then its peak RSS (MiB) as JSON."""
+    """Child process: a few training steps of one configuration, then the peak RSS (MiB) during them as JSON
+    (the whole process: model, Adam state, activations, data; not what imports touched before)."""
     import json
-    import resource
 
     batches = make_batches(args.batches, args.batch_size, SIZES[args.size]["vocab"], seed=0)
     step = make_step(args.memory_probe, SIZES[args.size], batches)
+    reset_peak_rss()
     for b in batches[:3]:
         step(b)
-    print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(json.dumps({"peak_rss_mib": round(peak_rss_mib(), 1)}))
 
 
 def peak_rss(name: str, args: argparse.Namespace) -> float:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from torch import Tensor
 from attnlab.data.batching import Batch, pad_to_tensor
 from attnlab.models.captioning import CAPTION_ARCHS
 from attnlab.models.registry import build_model, family
-from attnlab.run_dir import load_tokenizers, write_run_config
+from attnlab.run_dir import command_record, load_tokenizers, write_run_config
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import is_main_process, on_rank0
 from attnlab.training.loop import Trainer, ValidationSet
@@ -136,7 +134,7 @@ def train_captioner(args: argparse.Namespace, device: torch.device, meta: dict[s
     cfg_obj = family(arch).config_cls.from_dict(model_values)
     on_rank0(lambda: write_run_config(out, arch, cfg_obj.to_dict(), task, train_cfg.to_dict(),
                                       {"kind": "word", "file": "vocab.json"},
-                                      {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])}))
+                                      command_record(args, meta)))
 
     def encode(caption: str) -> list[int]:
         return [vocab.bos_id] + vocab.encode(caption)[: train_cfg.max_len - 2] + [vocab.eos_id]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from attnlab.data.batching import encode_pairs
 from attnlab.models.captioning import CAPTION_ARCHS
 from attnlab.training.caption_pipeline import CAPTION_TASKS
 from attnlab.models.registry import build_model, family
-from attnlab.run_dir import load_tokenizers, read_run_config, write_run_config
+from attnlab.run_dir import command_record, load_tokenizers, read_run_config, write_run_config
 from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import is_main_process, on_rank0, process_group
@@ -208,7 +206,7 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
     cfg_obj = family(arch).config_cls.from_dict(model_values)
     on_rank0(lambda: write_run_config(out, arch, cfg_obj.to_dict(), spec.to_dict(), train_cfg.to_dict(),
                                       {"kind": "subword", "joint": tokenizers.joint},
-                                      {"command": "attnlab " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])}))
+                                      command_record(args, meta)))
 
     train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
     valid = ValidationSet(
