@@ -33,3 +33,11 @@ def multi30k_dir(shared_data_dir: Path) -> Path:
     if not (path / "raw" / "train.de.gz").is_file():
         pytest.skip(f"Multi30k not found at {path}; set ATTNLAB_DATA_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def coco_mini(shared_data_dir: Path) -> Path:
+    path = shared_data_dir / "coco_mini"
+    if not (path / "captions.tsv").is_file():
+        pytest.skip(f"coco_mini not found at {path}; set ATTNLAB_DATA_DIR")
+    return path

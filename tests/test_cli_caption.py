@@ -117,14 +117,6 @@ def test_errors_are_one_line(run_dir, translator_dir, pictures, tmp_path, capsys
     assert message.format(**fill) in err and len(err.splitlines()) == 1, err
 
 
-@pytest.fixture(scope="module")
-def coco_mini(shared_data_dir):
-    path = shared_data_dir / "coco_mini"
-    if not (path / "captions.tsv").is_file():
-        pytest.skip(f"coco_mini not found at {path}; set ATTNLAB_DATA_DIR")
-    return path
-
-
 @pytest.mark.data
 def test_train_on_coco_mini_then_score_against_five_references(coco_mini, tmp_path, capsys):
     out = tmp_path / "coco"

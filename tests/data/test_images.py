@@ -128,14 +128,6 @@ def test_bad_or_missing_captions_files_are_clear_errors(tmp_path):
         read_captions_tsv(tmp_path / "latin1.tsv")
 
 
-@pytest.fixture(scope="module")
-def coco_mini(shared_data_dir):
-    path = shared_data_dir / "coco_mini"
-    if not (path / "captions.tsv").is_file():
-        pytest.skip(f"coco_mini not found at {path}; set ATTNLAB_DATA_DIR")
-    return path
-
-
 @pytest.mark.data
 def test_coco_mini_tsv_and_json_agree(coco_mini):
     items = read_captions_tsv(coco_mini / "captions.tsv")

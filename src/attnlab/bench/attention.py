@@ -12,12 +12,11 @@ import argparse
 import json
 import math
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-from attnlab.bench.common import write_report
+from attnlab.bench.common import median_seconds, write_report
 
 from attnlab.layers.attention import scaled_dot_product_attention
 
@@ -33,16 +32,6 @@ def fused(q, k, v, mask):
 
 def attnlab_path(q, k, v, mask):
     return scaled_dot_product_attention(q, k, v, mask)[0]
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         row = {"T": t, "B": b, "score_matrix_mib": round(b * args.heads * t * t * 4 / 2**20, 1)}
         for name, fn in (("fused", fused), ("naive", naive), ("attnlab", attnlab_path)):
             with torch.no_grad():
-                row[f"{name}_forward_ms"] = round(1e3 * timed(lambda: fn(q, k, v, mask), args.repeats), 2)
-            row[f"{name}_train_ms"] = round(1e3 * timed(lambda: fn(q, k, v, mask).backward(grad), args.repeats), 2)
+                row[f"{name}_forward_ms"] = round(1e3 * median_seconds(lambda: fn(q, k, v, mask), args.repeats), 2)
+            row[f"{name}_train_ms"] = round(1e3 * median_seconds(lambda: fn(q, k, v, mask).backward(grad), args.repeats), 2)
         row["naive_over_fused_forward"] = round(row["naive_forward_ms"] / row["fused_forward_ms"], 2)
         row["naive_over_fused_train"] = round(row["naive_train_ms"] / row["fused_train_ms"], 2)
         rows.append(row)

@@ -122,6 +122,12 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]
     return statistics.median(times), times
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """One untimed warm-up call, then the median of `repeats` timed calls."""
+    fn()
+    return median_time(fn, repeats)[0]
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     """Measured FLOP/s of an n x n x n matmul in `dtype` on this machine (the MFU denominator)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)

@@ -17,12 +17,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import torch
 
-from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, peak_rss_mib, reference_greedy, reset_peak_rss,
-                                   rss_mib, synthetic_pairs, write_report)
+from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, median_seconds, peak_rss_mib,
+                                   reference_greedy, reset_peak_rss, rss_mib, synthetic_pairs, write_report)
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.data.batching import pad_to_tensor
@@ -55,16 +54,6 @@ def to_marian(model: Transformer, bos: int = BOS, eos: int = EOS):
 
 def sources(n: int, vocab: int, seed: int = 1) -> torch.Tensor:
     return pad_to_tensor([s for s, _ in synthetic_pairs(n, vocab, seed)], PAD)
-
-
-def median_of(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def memory_probe(args: argparse.Namespace) -> None:
@@ -135,10 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         src = sources(args.batch, model.cfg.src_vocab_size)
     n, t = src.size(0), args.max_len
     runs: dict[str, float] = {}
-    runs["attnlab_greedy"] = median_of(lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
-    runs[f"attnlab_beam{args.beam}"] = median_of(
+    runs["attnlab_greedy"] = median_seconds(lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
+    runs[f"attnlab_beam{args.beam}"] = median_seconds(
         lambda: beam_search(model, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
-    runs["attnlab_greedy_no_cache"] = median_of(
+    runs["attnlab_greedy_no_cache"] = median_seconds(
         lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False), args.repeats)
     agree = None
     if "hf" not in skip:
@@ -156,18 +145,18 @@ def main(argv: list[str] | None = None) -> None:
                 hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=beams,
                             do_sample=False, length_penalty=0.6 if beams > 1 else 1.0, early_stopping=True)
 
-        runs["hf_marian_greedy"] = median_of(lambda: hf_generate(1), args.repeats)
-        runs[f"hf_marian_beam{args.beam}"] = median_of(lambda: hf_generate(args.beam), args.repeats)
+        runs["hf_marian_greedy"] = median_seconds(lambda: hf_generate(1), args.repeats)
+        runs[f"hf_marian_beam{args.beam}"] = median_seconds(lambda: hf_generate(args.beam), args.repeats)
     if "reference" not in skip:
         s = SIZES[args.size]
         torch.manual_seed(0)
         ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
-        runs["nn_transformer_greedy_no_cache"] = median_of(lambda: reference_greedy(ref, src, t + 1), args.repeats)
+        runs["nn_transformer_greedy_no_cache"] = median_seconds(lambda: reference_greedy(ref, src, t + 1), args.repeats)
     if "int8" not in skip:
         from attnlab.quantize import quantize_int8
 
         q = quantize_int8(model)
-        runs["attnlab_int8_greedy"] = median_of(lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos),
+        runs["attnlab_int8_greedy"] = median_seconds(lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos),
                                                 args.repeats)
 
     results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     size = SIZES[args.size]
-    d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]
+    d, n, d_ff, vocab = size["d_model"], size["n_layers"], size["d_ff"], size["vocab"]
     batches = make_batches(args.batches, args.batch_size, vocab, seed=0)
     real_tokens = sum(b.n_tokens for b in batches)
     padded_tokens = sum(b.tgt_out.numel() for b in batches)
