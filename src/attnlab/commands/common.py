@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnlab.translate import DecodeConfig
+from attnlab.translate import DecodeConfig, Translator
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -25,3 +25,11 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     return DecodeConfig(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
                         max_len_b=args.max_len_b, max_src_len=args.max_src_len, n_best=args.n_best,
                         batch_tokens=args.batch_tokens, amp=args.amp).validate()
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The translator of --model on --device, int8-quantised with --int8 (the decoding commands' options)."""
+    from attnlab.device import parse_device
+
+    translator = Translator.load(args.model, parse_device(args.device))
+    return translator.quantize_int8() if args.int8 else translator

@@ -7,7 +7,7 @@ import argparse
 import json
 import time
 
-from attnlab.commands.common import add_decode_args, decode_config
+from attnlab.commands.common import add_decode_args, decode_config, load_translator
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +53,7 @@ def load_pairs(args: argparse.Namespace, meta: dict) -> tuple[list[str], list[st
 
 def run(args: argparse.Namespace) -> int:
     from attnlab.commands.evaluate_captions import is_captioner_run, run_captions
-    from attnlab.device import parse_device
     from attnlab.metrics.bleu import corpus_scores
-    from attnlab.translate import Translator
 
     if is_captioner_run(args.model):
         return run_captions(args)
@@ -63,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--captions is for image captioners; a translator takes --src FILE --ref FILE or --split")
 
     cfg = decode_config(args)
-    translator = Translator.load(args.model, parse_device(args.device))
-    if args.int8:
-        translator.quantize_int8()
+    translator = load_translator(args)
     sources, refs = load_pairs(args, translator.meta)
     t0 = time.perf_counter()
     hyps = translator.translate(sources, cfg)

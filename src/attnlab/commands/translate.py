@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnlab.commands.common import add_decode_args, decode_config
+from attnlab.commands.common import add_decode_args, decode_config, load_translator
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,13 +43,9 @@ def read_stdin() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attnlab.device import parse_device
-    from attnlab.translate import Translator
 
     cfg = decode_config(args)
-    translator = Translator.load(args.model, parse_device(args.device))
-    if args.int8:
-        translator.quantize_int8()
+    translator = load_translator(args)
     lines = read_input(args)
     results = translator.translate_n_best(lines, cfg)
     for hyps in results:
