@@ -212,3 +212,25 @@ def test_cached_beam_search_equals_recomputation_and_shares_the_source_between_b
     state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
     assert state.group == 1 and state.memory.size(0) == 3
     torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])
+
+
+def test_decoding_encodes_the_real_source_tokens_only():
+    """init_decode runs the encoder on the real tokens (packed): the memory equals the padded encoder's
+    at every real position and is zero at the pads; an unpadded batch takes the padded path."""
+    model = model_with_seed(3)
+    src = torch.randint(3, 30, (3, 8))
+    src[0, 5:] = PAD
+    src[2, 2:] = PAD
+    state = model.init_decode(src, max_len=4)
+    padded = model.encode(src)
+    real = src != PAD
+    scale = padded.abs().max()
+    torch.testing.assert_close(state.memory[real] / scale, padded[real] / scale, atol=1e-6, rtol=0)
+    assert float(state.memory[~real].abs().sum()) == 0.0
+    for (k, v), layer in zip(state.memory_kv, model.decoder.layers):
+        k_ref, v_ref = layer.cross_attn.project_kv(padded)
+        keys = real[:, None, :, None].expand_as(k)
+        torch.testing.assert_close(k[keys] / scale, k_ref[keys] / scale, atol=1e-5, rtol=0)
+        torch.testing.assert_close(v[keys] / scale, v_ref[keys] / scale, atol=1e-5, rtol=0)
+    full = torch.randint(3, 30, (2, 5))
+    torch.testing.assert_close(model.init_decode(full, max_len=4).memory, model.encode(full))

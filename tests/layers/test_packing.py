@@ -74,13 +74,17 @@ def test_trainer_losses_are_the_same_packed_or_padded(tmp_path):
     src, tgt = batch(1)
     examples = [([t for t in s.tolist() if t] or [3], [1] + [t for t in r.tolist() if t] + [2]) for s, r in zip(src, tgt)]
     losses = []
-    for packed in (True, False):
+    # packed with the projection inside the loss (the CPU fp32 default), packed with logits, padded
+    for packed, projected in ((True, True), (True, False), (False, False)):
         torch.manual_seed(0)
         model = Transformer(TransformerConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, n_heads=4,
                                               n_layers=2, d_ff=64, dropout=0.0, share_embeddings=True))
         model.trains_packed = packed
-        trainer = Trainer(model, examples, None, TrainConfig(amp="none", warmup_steps=10), tmp_path / str(packed),
-                          progress=False)
+        trainer = Trainer(model, examples, None, TrainConfig(amp="none", warmup_steps=10),
+                          tmp_path / f"{packed}{projected}", progress=False)
+        assert trainer.projected_loss == packed  # on by default on the CPU in fp32
+        trainer.projected_loss = projected
         losses.append([trainer.train_step([collate(examples, 0)])["loss"] for _ in range(3)])
     assert losses[0][0] != losses[0][2]  # it trains
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[2], rel=1e-5)

@@ -47,3 +47,37 @@ def test_label_smoothed_loss_values():
     plain, plain_nll = label_smoothed_nll(logits, target, pad_id=0, smoothing=0.0)
     assert float(plain) == pytest.approx(float(expected_nll), rel=1e-5)
     assert math.isfinite(float(plain_nll))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("block_bytes", [4 * 50 * 16, 8 << 20])  # 16-row blocks (several, a partial last one), or one
+def test_projected_loss_equals_projection_then_loss(smoothing, block_bytes):
+    """The output projection fused into the loss gives the same loss, NLL and gradients."""
+    from attnlab.training.loss import projected_label_smoothed_nll
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8)
+    weight = torch.randn(50, 8)
+    target = torch.randint(0, 50, (37,))
+    target[::5] = 0  # pads
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss1, nll1 = label_smoothed_nll(torch.nn.functional.linear(h1, w1), target, 0, smoothing)
+    (loss1 * 0.3).backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss2, nll2 = projected_label_smoothed_nll(h2, w2, target, 0, smoothing, block_bytes=block_bytes)
+    (loss2 * 0.3).backward()
+    torch.testing.assert_close(loss2, loss1)
+    torch.testing.assert_close(nll2, nll1)
+    torch.testing.assert_close(h2.grad, h1.grad)
+    torch.testing.assert_close(w2.grad, w1.grad)
+    assert float(h2.grad[::5].abs().sum()) == 0.0  # pad rows get no gradient
+    with torch.no_grad():  # no gradient wanted: loss only
+        loss3, _ = projected_label_smoothed_nll(hidden, weight, target, 0, smoothing, block_bytes=block_bytes)
+    torch.testing.assert_close(loss3, loss1.detach())
+
+
+def test_projected_loss_rejects_mismatched_shapes():
+    from attnlab.training.loss import projected_label_smoothed_nll
+
+    with pytest.raises(ValueError, match="expected hidden"):
+        projected_label_smoothed_nll(torch.randn(4, 8), torch.randn(10, 6), torch.zeros(4, dtype=torch.long), 0)

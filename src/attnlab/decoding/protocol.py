@@ -16,6 +16,8 @@ from typing import Any, Iterator, Protocol
 
 from torch import Tensor, nn
 
+from attnlab.layers.onednn import fast_decoding
+
 
 class DecoderState(Protocol):
     def reorder(self, index: Tensor) -> Any: ...
@@ -33,11 +35,13 @@ class Decodable(Protocol):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Decode without dropout, then give the model back in the mode it came in."""
+    """Decode without dropout (and with the CPU's prepacked linear layers, attnlab.layers.onednn),
+    then give the model back in the mode it came in."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with fast_decoding():
+            yield
     finally:
         model.train(was_training)
 

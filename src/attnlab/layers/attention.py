@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.onednn import linear
 from attnlab.layers.packing import Packing
 
 
@@ -119,14 +120,14 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of the encoder memory (B, S, d_model) -> 2 x (B, H, S, d_k).
+    def project_kv(self, memory: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of the encoder memory (B, S, d_model) -> 2 x (B, H, S, d_k); with `packing`,
+        memory holds the real tokens only, (N, d_model), and the pads' keys/values are zeros.
 
         Computed once per source sentence when decoding with a cache.
         """
-        d = self.d_model
-        bias = self.in_proj.bias[d:] if self.in_proj.bias is not None else None
-        k, v = F.linear(memory, self.in_proj.weight[d:], bias).chunk(2, dim=-1)
+        kv = linear(self.in_proj, memory, rows=slice(self.d_model, 3 * self.d_model))
+        k, v = (packing.unpack(kv) if packing is not None else kv).chunk(2, dim=-1)
         return self._split_heads(k), self._split_heads(v)
 
     def forward(
@@ -153,9 +154,8 @@ class MultiHeadAttention(nn.Module):
         Returns (B, T, d_model) (or (N, d_model) packed) and, if `need_weights`, the weights (B, H, T, S).
         """
         d = self.d_model
-        w, b = self.in_proj.weight, self.in_proj.bias
         if memory is None and memory_kv is None:
-            qkv = self.in_proj(query)
+            qkv = linear(self.in_proj, query)
             if packing is not None:
                 qkv = packing.unpack(qkv)  # (N, 3d) -> (B, T, 3d)
             q, k, v = qkv.chunk(3, dim=-1)
@@ -163,13 +163,12 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.update(cache_pos, k, v)
         else:
-            q = F.linear(query, w[:d], b[:d] if b is not None else None)
+            q = linear(self.in_proj, query, rows=slice(0, d))
             q = self._split_heads(packing.unpack(q) if packing is not None else q)
             if memory_kv is not None:
                 k, v = memory_kv
             elif memory_packing is not None:
-                kv = memory_packing.unpack(F.linear(memory, w[d:], b[d:] if b is not None else None))
-                k, v = (self._split_heads(t) for t in kv.chunk(2, dim=-1))
+                k, v = self.project_kv(memory, memory_packing)
             else:
                 k, v = self.project_kv(memory)
         dropout_p = self.dropout if self.training else 0.0
@@ -178,7 +177,7 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)
         if packing is not None:
             out = packing.pack(out)  # (N, d_model)
-        return self.out_proj(out), weights
+        return linear(self.out_proj, out), weights
 
 
 # ---- attention of the RNN encoder-decoders ------------------------------------------------------

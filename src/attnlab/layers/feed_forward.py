@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.layers.dropout import Dropout
+from attnlab.layers.onednn import linear
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -17,4 +18,6 @@ class PositionwiseFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (B, T, d_model) -> (B, T, d_ff) -> (B, T, d_model)
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        if self.activation is F.relu and not (self.training and self.dropout.p > 0):
+            return linear(self.linear2, linear(self.linear1, x, relu=True))  # ReLU fused when decoding
+        return linear(self.linear2, self.dropout(self.activation(linear(self.linear1, x))))

@@ -30,6 +30,7 @@ class Packing:
         self.batch, self.length = keep.shape
         self.keep = keep
         self.index = keep.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+        self._pad_index: Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -45,15 +46,26 @@ class Packing:
         flat = x.reshape(self.batch * self.length, *x.shape[2:])
         return _Gather.apply(flat, self.index)
 
+    @property
+    def pad_index(self) -> Tensor:
+        """(B * T - N,) flat positions of the pads."""
+        if self._pad_index is None:
+            self._pad_index = (~self.keep).reshape(-1).nonzero().squeeze(1)
+        return self._pad_index
+
     def unpack(self, x: Tensor) -> Tensor:
         """(N, ...) -> (B, T, ...), zeros at the padded positions."""
-        return _Scatter.apply(x, self.index, self.batch * self.length).view(self.batch, self.length, *x.shape[1:])
+        rows = self.batch * self.length
+        return _Scatter.apply(x, self.index, rows, self.pad_index).view(self.batch, self.length, *x.shape[1:])
 
 
 # Gather and scatter over unique indices are each other's gradient. Written out because autograd's
 # gradient of index_select is an index_add (a serial scatter-add on the CPU, several times slower).
-def _scatter(x: Tensor, index: Tensor, rows: int) -> Tensor:
-    return x.new_zeros(rows, *x.shape[1:]).index_copy_(0, index, x)
+def _scatter(x: Tensor, index: Tensor, rows: int, pad_index: Tensor | None = None) -> Tensor:
+    if pad_index is None:
+        return x.new_zeros(rows, *x.shape[1:]).index_copy_(0, index, x)
+    # every row written once: the real ones copied, the pads zeroed (not the whole tensor zeroed first)
+    return x.new_empty(rows, *x.shape[1:]).index_fill_(0, pad_index, 0).index_copy_(0, index, x)
 
 
 class _Gather(torch.autograd.Function):
@@ -71,11 +83,11 @@ class _Gather(torch.autograd.Function):
 
 class _Scatter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor, rows: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, index: Tensor, rows: int, pad_index: Tensor | None = None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(index)
-        return _scatter(x, index, rows)
+        return _scatter(x, index, rows, pad_index)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (index,) = ctx.saved_tensors
-        return _Gather.apply(grad.contiguous(), index), None, None
+        return _Gather.apply(grad.contiguous(), index), None, None, None

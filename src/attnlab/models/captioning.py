@@ -332,6 +332,9 @@ class CaptionTransformer(Transformer):
     def encode(self, images: Tensor, src_mask: Tensor | None = None) -> Tensor:
         return self.encode_source(images)[0]
 
+    def _encode_for_decoding(self, images: Tensor) -> tuple[Tensor, Tensor, None]:
+        return (*self.encode_source(images), None)  # no padding among regions: nothing to pack
+
     def forward(self, images: Tensor, tgt: Tensor) -> Tensor:
         """images (B, 3, H, W), tgt (B, T) -> logits (B, T, V); position t predicts tgt[t + 1]."""
         memory, mask = self.encode_source(images)

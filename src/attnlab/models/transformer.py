@@ -29,6 +29,7 @@ from attnlab.layers.dropout import Dropout
 from attnlab.layers.embedding import TokenEmbedding, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
+from attnlab.layers.onednn import linear
 from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
 from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
@@ -290,22 +291,26 @@ class Transformer(nn.Module):
         h, _, _ = self.decoder(self.embed_tgt(tgt), memory, src_mask, tgt_mask)
         return h
 
-    def forward(self, src: Tensor, tgt: Tensor, positions: Tensor | None = None) -> Tensor:
+    def forward(self, src: Tensor, tgt: Tensor, positions: Tensor | None = None, return_hidden: bool = False) -> Tensor:
         """src (B, S), tgt (B, T) int64 -> logits (B, T, tgt_vocab_size); position t predicts tgt[t+1].
 
         With `positions` (B, T) bool (training: where the shifted target is a real token, a prefix of
         each row), only those logits are returned, (N, tgt_vocab_size) in row-major order, and every
         position-wise layer runs on the real tokens alone (attnlab.layers.packing): the same values
         as `forward(src, tgt)[positions]`, without the work spent on padding.
+
+        With `return_hidden`, the decoder states (17) are returned instead of the logits (the trainer
+        then applies the output projection inside the loss, attnlab.training.loss).
         """
         check_tokens("src", src, self.cfg.src_vocab_size)
         if tgt.dim() == 2 and src.dim() == 2 and tgt.size(0) != src.size(0):
             raise ValueError(f"src and tgt batch sizes differ: {src.size(0)} != {tgt.size(0)}")
         if positions is not None:
-            return self._forward_packed(src, tgt, positions)
-        src_mask = padding_mask(src, self.pad_id)
-        memory = self.encode(src, src_mask)
-        return self.output_projection(self.decode(memory, src_mask, tgt))
+            h = self._forward_packed(src, tgt, positions)
+        else:
+            src_mask = padding_mask(src, self.pad_id)
+            h = self.decode(self.encode(src, src_mask), src_mask, tgt)
+        return h if return_hidden else self.output_projection(h)
 
     def _forward_packed(self, src: Tensor, tgt: Tensor, positions: Tensor) -> Tensor:
         check_tokens("tgt", tgt, self.cfg.tgt_vocab_size)
@@ -319,7 +324,7 @@ class Transformer(nn.Module):
         memory, _ = self.encoder(x, src_mask, packing=src_packing)
         y = self.embedding_dropout(tgt_packing.pack(self.tgt_positions(self.output_embedding(tgt))))  # (N_t, d)
         h, _, _ = self.decoder(y, memory, src_mask, tgt_mask, packing=tgt_packing, memory_packing=src_packing)
-        return self.output_projection(h)  # (N_t, tgt_vocab_size)
+        return h  # (N_t, d_model)
 
     def output_probabilities(self, src: Tensor, tgt: Tensor) -> Tensor:
         """(19)-(20): softmax over the vocabulary, (B, T, tgt_vocab_size)."""
@@ -342,13 +347,29 @@ class Transformer(nn.Module):
     # ---- decoding protocol -----------------------------------------------------------------
     def encode_source(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S) -> memory (B, S, d_model) and the mask of its keys (B, 1, 1, S), True = real."""
-        src_mask = padding_mask(src, self.pad_id)
-        return self.encode(src, src_mask), src_mask
+        memory, src_mask, _ = self._encode_for_decoding(src)
+        return memory, src_mask
+
+    def _encode_for_decoding(self, src: Tensor) -> tuple[Tensor, Tensor, tuple[Packing, Tensor] | None]:
+        """Encode for decoding: when the batch holds padding, the position-wise layers run on the real
+        source tokens only (as training does, attnlab.layers.packing), which a batch of sentences of
+        mixed lengths roughly halves. Returns memory (B, S, d_model, zeros at the pads), the key mask,
+        and (packing, packed memory (N, d_model)) when packed, so that the encoder-decoder keys and
+        values can be projected from the real tokens too."""
+        check_tokens("src", src, self.cfg.src_vocab_size)
+        keep = src != self.pad_id
+        if bool(keep.all()) or not bool(keep.any()):
+            src_mask = keep[:, None, None, :]
+            return self.encode(src, src_mask), src_mask, None
+        packing = Packing(keep)
+        x = self.embedding_dropout(packing.pack(self.src_positions(self.input_embedding(src))))  # (N, d)
+        packed, _ = self.encoder(x, packing.key_mask, packing=packing)
+        return packing.unpack(packed), packing.key_mask, (packing, packed)
 
     def init_decode(self, src: Tensor, max_len: int = 128, use_cache: bool = True) -> TransformerState:
         """Encode src once; with `use_cache`, also allocate self-attention caches and project the
         encoder-decoder keys/values once per source."""
-        memory, src_mask = self.encode_source(src)
+        memory, src_mask, packed = self._encode_for_decoding(src)
         state = TransformerState(memory, src_mask)
         if use_cache:
             b = memory.size(0)
@@ -356,7 +377,9 @@ class Transformer(nn.Module):
                 KVCache(b, self.cfg.n_heads, max_len, self.cfg.head_dim, memory.dtype, memory.device)
                 for _ in self.decoder.layers
             ]
-            state.memory_kv = [layer.cross_attn.project_kv(memory) for layer in self.decoder.layers]
+            state.memory_kv = [layer.cross_attn.project_kv(memory if packed is None else packed[1],
+                                                           None if packed is None else packed[0])
+                               for layer in self.decoder.layers]
         return state
 
     def decode_step(
@@ -376,7 +399,7 @@ class Transformer(nn.Module):
             h, _, cross = self.decoder(
                 self.embed_tgt(tokens), memory, src_mask, decoder_self_mask(tokens, self.pad_id), need_weights,
             )
-        logits = self.output_projection(h[:, -1])
+        logits = linear(self.output_projection, h[:, -1])
         weights = torch.stack([w[:, :, -1] for w in cross], dim=1) if need_weights else None
         return logits, state, weights
 

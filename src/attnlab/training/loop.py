@@ -34,7 +34,7 @@ from attnlab.training.checkpoint import (
 )
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import agree, gather_rng_states, is_main_process, on_rank0
-from attnlab.training.loss import label_smoothed_nll
+from attnlab.training.loss import label_smoothed_nll, projected_label_smoothed_nll
 from attnlab.training.schedule import inverse_sqrt_schedule
 
 Example = tuple[Any, list[int]]  # (source ids or image, target ids BOS ... EOS)
@@ -102,6 +102,10 @@ class Trainer:
         self.has_aux = hasattr(model, "forward_with_aux")
         # the model can return the logits of chosen target positions only (attnlab.layers.packing)
         self.packed = bool(getattr(model, "trains_packed", False)) and not self.has_aux
+        # on the CPU in fp32, the output projection runs inside the loss, a block of rows at a time
+        projection = getattr(model, "output_projection", None)
+        self.projected_loss = (self.packed and self.amp == "none" and self.device.type == "cpu"
+                               and type(projection) is nn.Linear and projection.bias is None)
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 _WithAux(model) if self.has_aux else model,
@@ -185,6 +189,13 @@ class Trainer:
     def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with autocast(self.amp, self.device):
             target = batch.tgt_out
+            if self.projected_loss:  # decoder states of the real target tokens, (N, d_model)
+                keep = target != self.pad_id
+                hidden = self.model(batch.src, batch.tgt_in, positions=keep, return_hidden=True)
+                weight = unwrap(self.model).output_projection.weight
+                loss, nll = projected_label_smoothed_nll(hidden, weight, target[keep], self.pad_id,
+                                                         self.cfg.label_smoothing)
+                return loss, nll, batch.n_tokens
             if self.packed:  # logits of the real target tokens only, (N, V): no work spent on padding
                 keep = target != self.pad_id
                 logits, aux, target = self.model(batch.src, batch.tgt_in, positions=keep), None, target[keep]

@@ -69,3 +69,77 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, pad_id: int, smoothing: f
     if smoothing == 0.0:
         return loss, loss.detach()
     return loss, nll
+
+
+class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
+    """The output projection and the loss in one pass over blocks of rows (CPU, fp32 training).
+
+    For each block of rows the logits z = h W^T are computed, turned into the loss and at once into
+    their gradient (softmax(z) - (1 - eps) onehot(y) - eps / V), which is multiplied back into dL/dh
+    and accumulated into dL/dW; the block's logits are then dropped. The (N, V) logits and their
+    gradient never exist whole: they are the largest tensors of a small translator's training step
+    (N x 8,000 floats, written and read several times), while a block of them stays in the CPU cache.
+    Backward only scales the gradients computed here by the incoming gradient. Same values as
+    `label_smoothed_nll(F.linear(h, W), ...)` up to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, pad_id: int, smoothing: float,
+                block_rows: int):  # type: ignore[override]
+        n, vocab = hidden.size(0), weight.size(0)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_grad else None
+        grad_weight = torch.zeros_like(weight) if want_grad else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 for fp64 inputs)
+        nll = hidden.new_zeros((), dtype=acc)
+        smooth = hidden.new_zeros((), dtype=acc)
+        eps = smoothing
+        for start in range(0, n, block_rows):
+            h = hidden[start:start + block_rows]
+            y = target[start:start + block_rows]
+            keep = y != pad_id
+            safe_y = y.masked_fill(~keep, 0)
+            z = torch.mm(h, weight.t()).to(acc)  # (b, V) logits of this block
+            target_logit = z.gather(1, safe_y[:, None]).squeeze(1)
+            mean_logit = z.sum(dim=-1) / vocab if eps else None
+            top = z.amax(dim=-1, keepdim=True)
+            z.sub_(top).exp_()
+            total = z.sum(dim=-1, keepdim=True)
+            lse = (top + total.log()).squeeze(1)
+            nll += ((lse - target_logit) * keep).sum()
+            if eps:
+                smooth += ((lse - mean_logit) * keep).sum()
+            if want_grad:
+                z.div_(total)  # softmax
+                if eps:
+                    z.sub_(eps / vocab)
+                z.scatter_add_(1, safe_y[:, None], z.new_full((y.size(0), 1), -(1.0 - eps)))
+                if not bool(keep.all()):
+                    z.mul_(keep[:, None])
+                g = z.to(hidden.dtype)
+                torch.mm(g, weight, out=grad_hidden[start:start + block_rows])
+                grad_weight.addmm_(g.t(), h)
+        loss = (1.0 - eps) * nll + eps * smooth if eps else nll.clone()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_loss if ctx.needs_input_grad[0] else None
+        gw = grad_weight * grad_loss if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None, None
+
+
+def projected_label_smoothed_nll(hidden: Tensor, weight: Tensor, target: Tensor, pad_id: int,
+                                 smoothing: float = 0.1, block_bytes: int = 8 << 20) -> tuple[Tensor, Tensor]:
+    """label_smoothed_nll(F.linear(hidden, weight), target, ...) without the (N, V) logits:
+    hidden (N, d_model), weight (V, d_model) (the output projection, no bias), target (N,).
+    Blocks of rows whose logits fill about `block_bytes`."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.size(1) != weight.size(1) or target.shape != hidden.shape[:1]:
+        raise ValueError(f"expected hidden (N, d), weight (V, d), target (N,); got {tuple(hidden.shape)}, "
+                         f"{tuple(weight.shape)}, {tuple(target.shape)}")
+    block_rows = max(16, block_bytes // (4 * weight.size(0)))
+    return _ProjectedSmoothedCrossEntropy.apply(hidden, weight, target, pad_id, float(smoothing), block_rows)
