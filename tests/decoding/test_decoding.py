@@ -234,3 +234,32 @@ def test_decoding_encodes_the_real_source_tokens_only():
         torch.testing.assert_close(v[keys] / scale, v_ref[keys] / scale, atol=1e-5, rtol=0)
     full = torch.randint(3, 30, (2, 5))
     torch.testing.assert_close(model.init_decode(full, max_len=4).memory, model.encode(full))
+
+
+def test_top_tokens_and_in_place_logsumexp_match_torch():
+    from attnlab.decoding.beam import logsumexp_, top_tokens
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (8000, 8003, 640, 1088):
+        for trial in range(6):
+            x = torch.randn(20, vocab, generator=g)
+            if trial % 3 == 1:
+                x[:, ::5] = float("-inf")
+            values, index = top_tokens(x, 8)
+            assert torch.equal(values, x.topk(8, dim=-1).values)
+            assert torch.equal(x.gather(1, index), values)
+            torch.testing.assert_close(logsumexp_(x.clone()), torch.logsumexp(x, dim=-1, keepdim=True))
+
+
+def test_kv_cache_reorder_reuses_its_second_buffers():
+    from attnlab.layers.kv_cache import KVCache
+
+    cache = KVCache(4, 2, 6, 3)
+    k = torch.randn(4, 2, 3, 3)
+    cache.update(0, k, k + 1)
+    first = cache.k.data_ptr()
+    cache.reorder(torch.tensor([3, 3, 0, 1]))
+    torch.testing.assert_close(cache.k[:, :3].transpose(1, 2), k[[3, 3, 0, 1]])
+    cache.reorder(torch.tensor([1, 0]))  # fewer rows: a view of the spare buffers, no new memory
+    torch.testing.assert_close(cache.v[:, :3].transpose(1, 2), (k + 1)[[3, 3]][[1, 0]])
+    assert cache.k.data_ptr() == first

@@ -128,6 +128,21 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return median_time(fn, repeats)[0]
 
 
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """One untimed warm-up call of each, then `repeats` rounds that time every function once, in turn;
+    the median per function. On a shared machine whose speed drifts by +-20% over seconds, alternating
+    makes the drift hit every system alike instead of whichever happened to run in a slow minute."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     """Measured FLOP/s of an n x n x n matmul in `dtype` on this machine (the MFU denominator)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)

@@ -17,10 +17,11 @@ import argparse
 import json
 import subprocess
 import sys
+from typing import Any
 
 import torch
 
-from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, median_seconds, peak_rss_mib,
+from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, interleaved_medians, peak_rss_mib,
                                    reference_greedy, reset_peak_rss, rss_mib, synthetic_pairs, write_report)
 
 from attnlab import Transformer, TransformerConfig
@@ -123,12 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         model, bos, eos = build(args.size), BOS, EOS
         src = sources(args.batch, model.cfg.src_vocab_size)
     n, t = src.size(0), args.max_len
-    runs: dict[str, float] = {}
-    runs["attnlab_greedy"] = median_seconds(lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
-    runs[f"attnlab_beam{args.beam}"] = median_seconds(
-        lambda: beam_search(model, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos), args.repeats)
-    runs["attnlab_greedy_no_cache"] = median_seconds(
-        lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False), args.repeats)
+    # every system is timed in alternating rounds (common.interleaved_medians), greedy ones together and
+    # beam ones together, so that the machine's drift hits attnlab and its reference alike
+    greedy_fns: dict[str, Any] = {"attnlab_greedy": lambda: greedy(model, src, max_len=t, bos_id=bos, eos_id=eos)}
+    beam_fns: dict[str, Any] = {f"attnlab_beam{args.beam}": lambda: beam_search(
+        model, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos)}
+    slow_fns: dict[str, Any] = {"attnlab_greedy_no_cache": lambda: greedy(
+        model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False)}
     agree = None
     if "hf" not in skip:
         hf = to_marian(model, bos, eos)
@@ -145,19 +147,21 @@ def main(argv: list[str] | None = None) -> None:
                 hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=beams,
                             do_sample=False, length_penalty=0.6 if beams > 1 else 1.0, early_stopping=True)
 
-        runs["hf_marian_greedy"] = median_seconds(lambda: hf_generate(1), args.repeats)
-        runs[f"hf_marian_beam{args.beam}"] = median_seconds(lambda: hf_generate(args.beam), args.repeats)
+        greedy_fns["hf_marian_greedy"] = lambda: hf_generate(1)
+        beam_fns[f"hf_marian_beam{args.beam}"] = lambda: hf_generate(args.beam)
     if "reference" not in skip:
         s = SIZES[args.size]
         torch.manual_seed(0)
         ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
-        runs["nn_transformer_greedy_no_cache"] = median_seconds(lambda: reference_greedy(ref, src, t + 1), args.repeats)
+        slow_fns["nn_transformer_greedy_no_cache"] = lambda: reference_greedy(ref, src, t + 1)
     if "int8" not in skip:
         from attnlab.quantize import quantize_int8
 
         q = quantize_int8(model)
-        runs["attnlab_int8_greedy"] = median_seconds(lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos),
-                                                args.repeats)
+        greedy_fns["attnlab_int8_greedy"] = lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos)
+    runs: dict[str, float] = {}
+    for fns in (greedy_fns, beam_fns, slow_fns):
+        runs.update(interleaved_medians(fns, args.repeats))
 
     results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}
     ratios = {}

@@ -23,6 +23,30 @@ class Hypothesis:
     log_prob: float
 
 
+def top_tokens(logits: Tensor, width: int, block: int = 64) -> tuple[Tensor, Tensor]:
+    """logits.topk(width, dim=-1) for (R, V), through the maxima of blocks of 64 on the CPU: the `width`
+    largest values of a row lie in the `width` blocks with the largest maxima (each value outside them
+    has `width` block maxima, distinct values, at least as large), so only those blocks are searched.
+    The same values; among equal values the order of indices may differ from torch.topk."""
+    rows, vocab = logits.shape
+    n_blocks = vocab // block
+    if logits.device.type != "cpu" or vocab % block or n_blocks <= 2 * width:
+        return logits.topk(width, dim=-1)
+    blocks = logits.view(rows, n_blocks, block)
+    chosen = blocks.amax(dim=-1).topk(width, dim=-1).indices  # (R, width) block numbers
+    values = blocks.gather(1, chosen[:, :, None].expand(rows, width, block)).view(rows, width * block)
+    best, where = values.topk(width, dim=-1)
+    index = chosen.gather(1, where // block) * block + where % block
+    return best, index
+
+
+def logsumexp_(logits: Tensor) -> Tensor:
+    """(R, V) -> (R, 1) log-sum-exp, computed in place (the logits are overwritten): no second
+    R x V tensor, whose fresh memory costs page faults at every step of a large beam."""
+    top = logits.amax(dim=-1, keepdim=True)
+    return top + logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_()
+
+
 def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
@@ -60,14 +84,17 @@ def beam_search(
         for step in range(max_len):
             logits, state, _ = model.decode_step(tokens, state)
             logits = logits.float()  # (n*K, V)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # log-prob = logit - lse
-            if step < min_len:
+            eos_logit = logits[:, eos_id].clone() if step < min_len else None
+            if eos_logit is not None:
                 logits[:, eos_id] = float("-inf")
             # A sentence's 2K best extensions lie among each of its beams' 2K best tokens, so only those
             # are scored: (n*K, 2K) candidates instead of log-softmax and top-k over (n, K*V).
             n, vocab = scores.size(0), logits.size(-1)
             width = min(2 * k, vocab)
-            best_logits, best_tokens = logits.topk(width, dim=-1)  # (n*K, width)
+            best_logits, best_tokens = top_tokens(logits, width)  # (n*K, width)
+            if eos_logit is not None:
+                logits[:, eos_id] = eos_logit
+            lse = logsumexp_(logits)  # log-prob = logit - lse; the logits are used up
             candidates = (scores.view(-1, 1) + (best_logits - lse)).view(n, k * width)
             top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=1)  # (n, 2K)
             parent = torch.div(top_index, width, rounding_mode="floor")
