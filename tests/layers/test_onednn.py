@@ -12,6 +12,20 @@ from attnlab.layers.onednn import fast_decoding, linear
 pytestmark = pytest.mark.skipif(not onednn._state["available"], reason="this PyTorch build has no oneDNN (mkldnn)")
 
 
+@pytest.fixture(autouse=True)
+def fresh_row_budget(monkeypatch):
+    monkeypatch.setattr(onednn, "_row_counts", set())
+
+
+def test_only_a_bounded_number_of_row_counts_take_the_onednn_path(monkeypatch):
+    monkeypatch.setattr(onednn, "MAX_ROW_COUNTS", 2)
+    layer = torch.nn.Linear(8, 8)
+    with torch.no_grad(), fast_decoding():
+        for rows in (3, 4, 5, 3):
+            torch.testing.assert_close(linear(layer, torch.ones(rows, 8)), F.linear(torch.ones(rows, 8), layer.weight, layer.bias))
+    assert onednn._row_counts == {3, 4}  # 5 went through F.linear
+
+
 def test_linear_equals_f_linear_with_rows_and_relu():
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24)
@@ -58,8 +72,9 @@ def test_decoding_gives_the_same_tokens_with_and_without_onednn(monkeypatch):
                                           d_ff=64, dropout=0.0)).eval()
     src = torch.randint(3, 50, (6, 9))
     src[1, 4:] = 0
+    onednn._PACKED.clear()
     fast = greedy(model, src, max_len=12, bos_id=1, eos_id=2), beam_search(model, src, 3, 12, 1, 2)
-    assert model.decoder.layers[0].ffn.linear1 in onednn._PACKED
+    assert model.decoder.layers[0].ffn.linear1 in onednn._PACKED  # the decoder step took the oneDNN path
     monkeypatch.setitem(onednn._state, "available", False)
     plain = greedy(model, src, max_len=12, bos_id=1, eos_id=2), beam_search(model, src, 3, 12, 1, 2)
     assert torch.equal(fast[0], plain[0])

@@ -16,8 +16,6 @@ from typing import Any, Iterator, Protocol
 
 from torch import Tensor, nn
 
-from attnlab.layers.onednn import fast_decoding
-
 
 class DecoderState(Protocol):
     def reorder(self, index: Tensor) -> Any: ...
@@ -35,13 +33,11 @@ class Decodable(Protocol):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Decode without dropout (and with the CPU's prepacked linear layers, attnlab.layers.onednn),
-    then give the model back in the mode it came in."""
+    """Decode without dropout, then give the model back in the mode it came in."""
     was_training = model.training
     model.eval()
     try:
-        with fast_decoding():
-            yield
+        yield
     finally:
         model.train(was_training)
 

@@ -7,8 +7,12 @@ torch.compile's CPU freezing uses) multiplies by a weight reordered once into it
 Measured on a 2-core AMD EPYC (AVX2), fp32, 100 rows: the 256x8000 output projection 6.3 -> 4.2 ms,
 the 256x768 attention projection 0.45 -> 0.35 ms (benchmarks: `attnlab bench decode`).
 
-Only inside `fast_decoding()` (greedy and beam search enter it), on the CPU, in float32, with no
-gradient wanted, no autocast and no tracing/export; everywhere else, and on any error, plain F.linear.
+Only inside `fast_decoding()` (the Transformer's cached decoder step enters it; the encoder and the
+recomputing path do not), on the CPU, in float32, with no gradient wanted, no autocast and no
+tracing/export; everywhere else, and on any error, plain F.linear. oneDNN builds and keeps a kernel
+per input shape (~0.6-0.7 MB each, measured), so only the first `MAX_ROW_COUNTS` distinct row counts
+a process sees take this path; later new ones fall back to F.linear, which bounds the memory (a
+decode step's rows are the live sentences or hypotheses: a handful of distinct counts per batch size).
 Packed weights are cached per module and per row block, keyed by the weight's storage and version
 counter, so an optimizer step or `load_state_dict` (both write in place) invalidates them. The result
 is the same function in float32 (differences at rounding level, ~1e-6 relative).
@@ -28,6 +32,8 @@ from torch import Tensor, nn
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("attnlab_fast_decoding", default=False)
 _PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _state = {"available": os.environ.get("ATTNLAB_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()}
+MAX_ROW_COUNTS = 16
+_row_counts: set[int] = set()
 
 
 @contextlib.contextmanager
@@ -38,6 +44,16 @@ def fast_decoding() -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+def _known_rows(x: Tensor) -> bool:
+    rows = x.numel() // x.size(-1) if x.numel() else 0
+    if rows in _row_counts:
+        return True
+    if len(_row_counts) >= MAX_ROW_COUNTS:
+        return False
+    _row_counts.add(rows)
+    return True
 
 
 def _usable(x: Tensor, weight: Tensor) -> bool:
@@ -51,6 +67,7 @@ def _usable(x: Tensor, weight: Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+        and _known_rows(x)
     )
 
 

@@ -29,7 +29,7 @@ from attnlab.layers.dropout import Dropout
 from attnlab.layers.embedding import TokenEmbedding, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.onednn import linear
+from attnlab.layers.onednn import fast_decoding, linear
 from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
 from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
@@ -390,16 +390,18 @@ class Transformer(nn.Module):
         if state.caches is not None:
             pos = tokens.size(1) - 1
             x = self.embed_tgt(tokens[:, -1:], start=pos)  # only the newest token: (B, 1, d_model)
-            h, _, cross = self.decoder(
-                x, state.memory, state.src_mask, None, need_weights,
-                caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv, memory_groups=state.group,
-            )
+            with fast_decoding():  # the CPU's prepacked linear layers (attnlab.layers.onednn)
+                h, _, cross = self.decoder(
+                    x, state.memory, state.src_mask, None, need_weights,
+                    caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv, memory_groups=state.group,
+                )
+                logits = linear(self.output_projection, h[:, -1])
         else:  # recompute the whole prefix (the reference the cache must equal)
             memory, src_mask = state.memory_per_row()
             h, _, cross = self.decoder(
                 self.embed_tgt(tokens), memory, src_mask, decoder_self_mask(tokens, self.pad_id), need_weights,
             )
-        logits = linear(self.output_projection, h[:, -1])
+            logits = self.output_projection(h[:, -1])
         weights = torch.stack([w[:, :, -1] for w in cross], dim=1) if need_weights else None
         return logits, state, weights
 
