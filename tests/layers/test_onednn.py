@@ -91,3 +91,34 @@ def test_fast_argmax_is_argmax(vocab):
         if trial % 4 == 1:
             x[:, ::3] = float("-inf")
         assert torch.equal(fast_argmax(x), x.argmax(dim=-1))
+
+
+def test_decoding_after_a_fused_adam_step_uses_the_new_weights(monkeypatch):
+    """Adam(fused=True) writes parameters without bumping their version counter: the packed weights
+    must still be refreshed at the next decode (a validation decode between training steps)."""
+    from attnlab import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, n_heads=4, n_layers=2,
+                                          d_ff=64, dropout=0.0)).eval()
+    src = torch.randint(3, 50, (4, 7))
+    prefix = torch.randint(3, 50, (4, 3))
+
+    def step_logits():
+        with torch.no_grad():
+            state = model.init_decode(src, max_len=8)
+            for t in range(1, prefix.size(1) + 1):
+                logits, state, _ = model.decode_step(prefix[:, :t], state)
+        return logits
+
+    step_logits()  # packs the weights
+    versions = [p._version for p in model.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert [p._version for p in model.parameters()] == versions  # the case the checksum is for
+    fast = step_logits()
+    monkeypatch.setitem(onednn._state, "available", False)
+    plain = step_logits()
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)

@@ -13,14 +13,18 @@ tracing/export; everywhere else, and on any error, plain F.linear. oneDNN builds
 per input shape (~0.6-0.7 MB each, measured), so only the first `MAX_ROW_COUNTS` distinct row counts
 a process sees take this path; later new ones fall back to F.linear, which bounds the memory (a
 decode step's rows are the live sentences or hypotheses: a handful of distinct counts per batch size).
-Packed weights are cached per module and per row block, keyed by the weight's storage and version
-counter, so an optimizer step or `load_state_dict` (both write in place) invalidates them. The result
-is the same function in float32 (differences at rounding level, ~1e-6 relative).
+Packed weights are cached per module and per row block. They are checked against the weight once per
+decode (each `init_decode` opens a new epoch): same storage, same version counter and the same
+float64 sum. The version counter alone is not enough: PyTorch's fused Adam (`Adam(fused=True)`, what
+the trainer uses) writes the parameters without bumping it, and a validation decode between training
+steps would otherwise multiply by the weights of the previous validation. The result is the same
+function in float32 (differences at rounding level, ~1e-6 relative).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import os
 import weakref
 from typing import Iterator
@@ -29,17 +33,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("attnlab_fast_decoding", default=False)
+_ACTIVE: contextvars.ContextVar[int] = contextvars.ContextVar("attnlab_fast_decoding", default=0)
+_epochs = itertools.count(1)
 _PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _state = {"available": os.environ.get("ATTNLAB_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()}
 MAX_ROW_COUNTS = 16
 _row_counts: set[int] = set()
 
 
+def new_epoch() -> int:
+    """A fresh decode: packed weights are re-checked against their weights at their first use in it."""
+    return next(_epochs)
+
+
 @contextlib.contextmanager
-def fast_decoding() -> Iterator[None]:
-    """Let the linear layers of the Transformer use oneDNN with prepacked weights (CPU inference)."""
-    token = _ACTIVE.set(True)
+def fast_decoding(epoch: int | None = None) -> Iterator[None]:
+    """Let the linear layers of the Transformer use oneDNN with prepacked weights (CPU inference),
+    within decode `epoch` (`new_epoch()`; a fresh one when not given)."""
+    token = _ACTIVE.set(epoch or new_epoch())
     try:
         yield
     finally:
@@ -73,12 +84,19 @@ def _usable(x: Tensor, weight: Tensor) -> bool:
 
 def _packed(module: nn.Module, weight: Tensor, rows: slice) -> Tensor:
     cache = _PACKED.setdefault(module, {})
+    epoch = _ACTIVE.get()
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), rows.start, rows.stop)
-    hit = cache.get(rows.start, (None, None))
-    if hit[0] != key:
-        hit = (key, torch.ops.mkldnn._reorder_linear_weight(weight[rows].detach().contiguous()))
-        cache[rows.start] = hit
-    return hit[1]
+    hit = cache.get(rows.start)
+    if hit is not None and hit[0] == key and hit[1] == epoch:
+        return hit[3]
+    block = weight[rows].detach()
+    checksum = float(block.sum(dtype=torch.float64))
+    if hit is not None and hit[0] == key and hit[2] == checksum:  # checked once in this epoch: unchanged
+        cache[rows.start] = (key, epoch, checksum, hit[3])
+        return hit[3]
+    packed = torch.ops.mkldnn._reorder_linear_weight(block.contiguous())
+    cache[rows.start] = (key, epoch, checksum, packed)
+    return packed
 
 
 def linear(module: nn.Module, x: Tensor, rows: slice | None = None, relu: bool = False) -> Tensor:

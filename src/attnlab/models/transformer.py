@@ -29,7 +29,7 @@ from attnlab.layers.dropout import Dropout
 from attnlab.layers.embedding import TokenEmbedding, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.onednn import fast_decoding, linear
+from attnlab.layers.onednn import fast_decoding, linear, new_epoch
 from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
 from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
@@ -192,6 +192,7 @@ class TransformerState:
     caches: list[KVCache] | None = None  # self-attention keys/values per decoder layer, one row per hypothesis
     memory_kv: list[tuple[Tensor, Tensor]] | None = None  # cross-attention keys/values per layer, per source
     group: int = 1  # decoder rows per source
+    fast_epoch: int = 0  # attnlab.layers.onednn: prepacked weights are re-checked once per decode
 
     @property
     def batch_size(self) -> int:
@@ -370,7 +371,7 @@ class Transformer(nn.Module):
         """Encode src once; with `use_cache`, also allocate self-attention caches and project the
         encoder-decoder keys/values once per source."""
         memory, src_mask, packed = self._encode_for_decoding(src)
-        state = TransformerState(memory, src_mask)
+        state = TransformerState(memory, src_mask, fast_epoch=new_epoch())
         if use_cache:
             b = memory.size(0)
             state.caches = [
@@ -390,7 +391,7 @@ class Transformer(nn.Module):
         if state.caches is not None:
             pos = tokens.size(1) - 1
             x = self.embed_tgt(tokens[:, -1:], start=pos)  # only the newest token: (B, 1, d_model)
-            with fast_decoding():  # the CPU's prepacked linear layers (attnlab.layers.onednn)
+            with fast_decoding(state.fast_epoch):  # the CPU's prepacked linear layers (attnlab.layers.onednn)
                 h, _, cross = self.decoder(
                     x, state.memory, state.src_mask, None, need_weights,
                     caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv, memory_groups=state.group,
