@@ -263,3 +263,40 @@ def test_kv_cache_reorder_reuses_its_second_buffers():
     cache.reorder(torch.tensor([1, 0]))  # fewer rows: a view of the spare buffers, no new memory
     torch.testing.assert_close(cache.v[:, :3].transpose(1, 2), (k + 1)[[3, 3]][[1, 0]])
     assert cache.k.data_ptr() == first
+
+
+@pytest.mark.parametrize("denominator", [1, 2, 4, 10**9])
+def test_deferred_compaction_gives_the_same_tokens_and_attention(monkeypatch, denominator):
+    """Finished rows stay in the batch until a fraction of them has ended; what they compute meanwhile
+    is never written: tokens and attention equal immediate compaction (10**9: compact at every end)."""
+    import sys
+
+    greedy_module = sys.modules["attnlab.decoding.greedy"]
+
+    class EndsByItsOwnTokens(torch.nn.Module):  # sentences end at different steps, by their own tokens
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.pad_id = inner, inner.pad_id
+
+        def init_decode(self, src, max_len=128, use_cache=True):
+            return self.inner.init_decode(src, max_len=max_len, use_cache=use_cache)
+
+        def decode_step(self, tokens, state, need_weights=False):
+            logits, state, weights = self.inner.decode_step(tokens, state, need_weights)
+            if tokens.size(1) > 2:
+                logits[(tokens.sum(dim=1) + tokens.size(1)) % 6 == 0, EOS] = 1e4
+            return logits, state, weights
+
+    model = EndsByItsOwnTokens(model_with_seed(5))
+    torch.manual_seed(0)
+    src = torch.randint(3, 30, (12, 8))
+    src[3, 4:] = PAD
+    ref_tokens, ref_attention = greedy(model, src, max_len=14, bos_id=BOS, eos_id=EOS, return_attention=True)
+    lengths = [(row == EOS).nonzero()[0].item() + 1 if (row == EOS).any() else 14 for row in ref_tokens]
+    assert len(set(lengths)) > 2  # rows end at different steps
+    monkeypatch.setattr(greedy_module, "COMPACT_DENOMINATOR", denominator)
+    tokens, attention = greedy(model, src, max_len=14, bos_id=BOS, eos_id=EOS, return_attention=True)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(attention, ref_attention, atol=1e-6, rtol=0)
+    for i, n in enumerate(lengths):
+        assert float(attention[i, n:].abs().sum()) == 0.0

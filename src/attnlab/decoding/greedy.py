@@ -7,6 +7,9 @@ from torch import Tensor
 from attnlab.decoding.protocol import Decodable, batch_size_of, eval_mode
 
 
+COMPACT_DENOMINATOR = 4  # compact the batch once a quarter of its rows have ended
+
+
 def fast_argmax(logits: Tensor, block: int = 64) -> Tensor:
     """logits.argmax(dim=-1) for (B, V): the same indices (the first maximum of each row), found in two
     passes: the maximum of every block of 64 (a vectorised reduction), then the first position of the
@@ -54,25 +57,35 @@ def greedy(
         rows = torch.arange(b, device=device)  # the sentence of each live row
         out = torch.full((b, max_len), model.pad_id, dtype=torch.long, device=device)
         attention: Tensor | None = None
+        finished = torch.zeros(b, dtype=torch.bool, device=device)  # live rows that already ended
+        n_finished = 0
         steps = 0
         for step in range(max_len):
             logits, state, weights = model.decode_step(tokens, state, need_weights=return_attention)
             if step < min_len:
                 logits[:, eos_id] = float("-inf")
             next_token = fast_argmax(logits)  # (live,)
+            if n_finished:  # rows that ended earlier keep padding: out and attention stay as they are
+                next_token = next_token.masked_fill(finished, model.pad_id)
             out[rows, step] = next_token
             if return_attention:
                 if attention is None:
                     attention = weights.new_zeros(b, max_len, *weights.shape[1:])
-                attention[rows, step] = weights
+                attention[rows, step] = weights * (~finished).view(-1, *[1] * (weights.dim() - 1)) if n_finished \
+                    else weights
             steps = step + 1
-            done = next_token == eos_id
-            if bool(done.any()):  # finished sentences leave the batch: no more work is spent on them
-                alive = (~done).nonzero(as_tuple=True)[0]
-                if alive.numel() == 0:
-                    break
+            finished |= next_token == eos_id
+            n_finished = int(finished.sum())
+            if n_finished == finished.numel():
+                break
+            # finished sentences leave the batch, so no more work is spent on them; the rows are compacted
+            # once a quarter of them has ended (each compaction copies every cache, about the cost of
+            # carrying a few finished rows for a few steps)
+            if n_finished * COMPACT_DENOMINATOR >= finished.numel():
+                alive = (~finished).nonzero(as_tuple=True)[0]
                 state.reorder(alive)
                 tokens, rows, next_token = tokens.index_select(0, alive), rows[alive], next_token[alive]
+                finished, n_finished = finished[alive], 0
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         out = out[:, :steps]
         if return_attention:
