@@ -61,7 +61,7 @@ class KVCache(nn.Module):
         grad = torch.is_grad_enabled() and self.k.requires_grad
         spare = getattr(self, "_spare", None)
         if grad or spare is None or spare[0].size(0) < n or spare[0].shape[1:] != self.k.shape[1:] \
-                or spare[0].dtype != self.k.dtype:
+                or spare[0].dtype != self.k.dtype or spare[0].device != self.k.device:
             spare = (self.k.new_empty(n, cap, h, d), self.v.new_empty(n, cap, h, d))
         k, v = spare[0][:n], spare[1][:n]
         for old, new in ((self.k, k), (self.v, v)):

@@ -361,7 +361,8 @@ class Transformer(nn.Module):
         keep = src != self.pad_id
         if bool(keep.all()) or not bool(keep.any()):
             src_mask = keep[:, None, None, :]
-            return self.encode(src, src_mask), src_mask, None
+            memory, _ = self.encoder(self.embed_src(src), src_mask)  # src already checked above
+            return memory, src_mask, None
         packing = Packing(keep)
         x = self.embedding_dropout(packing.pack(self.src_positions(self.input_embedding(src))))  # (N, d)
         packed, _ = self.encoder(x, packing.key_mask, packing=packing)
