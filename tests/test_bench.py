@@ -32,7 +32,9 @@ def test_decode_benchmark_decodes_what_hf_marian_decodes(capsys):
     result = report(capsys)
     assert result["greedy_token_agreement_with_hf"] == 1.0  # the same network, exported
     assert {"attnlab_greedy", "attnlab_beam4", "hf_marian_greedy", "hf_marian_beam4", "attnlab_int8_greedy",
+            "attnlab_int8_beam4", "hf_marian_int8_greedy", "hf_marian_int8_beam4",
             "nn_transformer_greedy_no_cache", "attnlab_greedy_no_cache"} <= set(result["results"])
+    assert {"attnlab_int8_greedy_vs_hf_marian_int8_greedy", "attnlab_int8_beam4_vs_hf_marian_beam4"} <= set(result["ratios"])
     assert all(r["sentences_per_s"] > 0 for r in result["results"].values())
 
 

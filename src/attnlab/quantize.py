@@ -1,37 +1,38 @@
-"""Dynamic int8 quantisation for CPU inference (PyTorch's `quantize_dynamic`, fbgemm/x86 kernels).
+"""Dynamic int8 quantisation for CPU inference (attnlab.layers.int8: PyTorch's fbgemm/x86 kernels).
 
-Weights of the linear layers are stored as int8 (per-tensor scale); activations are quantised on the
-fly, one scale per batch, and results come back in float32. What is quantised: the feed-forward
-networks, attention output projections and the output projection to the vocabulary (the largest
-matrix of a small translator), plus every plain linear layer of the RNN and captioning models. What is
-not: `MultiHeadAttention.in_proj`, whose rows are read as separate W^Q and W^K W^V matrices in
-encoder-decoder attention, and every embedding. BLEU before and after:
-benchmarks/multi30k_quality.py (`--int8`); speed: benchmarks/bench_decode.py.
+Weights of the linear layers are stored as int8 (one scale per output row); activations are quantised
+on the fly, one scale per call, and results come back in float32. What is quantised: every nn.Linear,
+the attention's stacked input projections included (encoder-decoder attention uses blocks of their
+rows, which per-row scales keep exact), the feed-forward networks and the output projection to the
+vocabulary (the largest matrix of a small translator; the embedding it may share stays float32), and
+the plain linear layers of the RNN and captioning models. What is not: embeddings, recurrent cells,
+convolutions, layer norms. BLEU before and after: benchmarks/multi30k_quality.py (`--int8`); speed:
+`attnlab bench decode`.
 """
 from __future__ import annotations
 
-import warnings
+import copy
 
-import torch
 from torch import nn
+
+from attnlab.layers.int8 import Int8Linear
 
 
 def quantizable_linears(model: nn.Module) -> list[str]:
     """Names of the nn.Linear modules `quantize_int8` converts."""
-    return [name for name, m in model.named_modules() if type(m) is nn.Linear and not name.endswith("in_proj")]
+    return [name for name, m in model.named_modules() if type(m) is nn.Linear]
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` with int8 dynamically quantised linear layers, for CPU inference only."""
+    """A copy of `model` (in eval mode) with int8 linear layers, for CPU inference only; `model` is left alone."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 quantisation runs on the CPU: load the model with --device cpu")
     names = quantizable_linears(model)
     if not names:
         raise ValueError(f"{type(model).__name__} has no linear layer to quantise")
-    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torchao is its successor)
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-        quantized = quantize_dynamic(model.eval(), {name: default_dynamic_qconfig for name in names},
-                                     dtype=torch.qint8, inplace=False)
-    return quantized
+    quantized = copy.deepcopy(model).eval()
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = quantized.get_submodule(parent_name) if parent_name else quantized
+        setattr(parent, child, Int8Linear(getattr(parent, child)))
+    return quantized.requires_grad_(False)

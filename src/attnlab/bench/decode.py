@@ -6,8 +6,8 @@ the very same network; the JSON records whether their greedy outputs agree token
 weights never choose EOS, so every system decodes the full `--max-len` tokens: equal work.
 
 Also measured: decoding memory against output length (peak RSS of a fresh process per length, KV
-cache vs recomputation), and optionally dynamic int8 quantisation (speed only; BLEU before/after is
-in benchmarks/multi30k_quality.py --quantize).
+cache vs recomputation), and dynamic int8 quantisation, attnlab's and torch.ao's on Marian (speed only;
+BLEU before/after is in benchmarks/multi30k_quality.py --int8).
 
     attnlab bench decode --out benchmarks/results/decode_small.json
 """
@@ -51,6 +51,17 @@ def to_marian(model: Transformer, bos: int = BOS, eos: int = EOS):
     # Marian forces EOS at the length limit; attnlab does not: switch it off so both decode the same tokens
     hf.generation_config.forced_eos_token_id = None
     return hf.eval()
+
+
+def marian_int8(hf):
+    """Marian with torch.ao's dynamic int8 linear layers (per-tensor weights), the int8 counterpart."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8, inplace=False).eval()
 
 
 def sources(n: int, vocab: int, seed: int = 1) -> torch.Tensor:
@@ -142,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         width = min(ours.size(1), theirs.size(1))
         agree = float((ours[:, :width] == theirs[:, :width]).float().mean())
 
-        def hf_generate(beams: int):
+        def hf_generate(beams: int, system=hf):
             with torch.no_grad():
-                hf.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=beams,
+                system.generate(input_ids=src, attention_mask=attention_mask, max_new_tokens=t, num_beams=beams,
                             do_sample=False, length_penalty=0.6 if beams > 1 else 1.0, early_stopping=True)
 
         greedy_fns["hf_marian_greedy"] = lambda: hf_generate(1)
@@ -154,20 +165,29 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
         slow_fns["nn_transformer_greedy_no_cache"] = lambda: reference_greedy(ref, src, t + 1)
-    if "int8" not in skip:
+    if "int8" not in skip:  # dynamic int8 on both sides: attnlab's (attnlab.quantize), torch.ao's for Marian
         from attnlab.quantize import quantize_int8
 
         q = quantize_int8(model)
         greedy_fns["attnlab_int8_greedy"] = lambda: greedy(q, src, max_len=t, bos_id=bos, eos_id=eos)
+        beam_fns[f"attnlab_int8_beam{args.beam}"] = lambda: beam_search(
+            q, src, beam_size=args.beam, max_len=t, bos_id=bos, eos_id=eos)
+        if "hf" not in skip:
+            hf_q = marian_int8(hf)
+            greedy_fns["hf_marian_int8_greedy"] = lambda: hf_generate(1, hf_q)
+            beam_fns[f"hf_marian_int8_beam{args.beam}"] = lambda: hf_generate(args.beam, hf_q)
     runs: dict[str, float] = {}
     for fns in (greedy_fns, beam_fns, slow_fns):
         runs.update(interleaved_medians(fns, args.repeats))
 
     results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}
     ratios = {}
-    for ours, theirs in (("attnlab_greedy", "hf_marian_greedy"), (f"attnlab_beam{args.beam}", f"hf_marian_beam{args.beam}"),
+    beam = f"beam{args.beam}"
+    for ours, theirs in (("attnlab_greedy", "hf_marian_greedy"), (f"attnlab_{beam}", f"hf_marian_{beam}"),
                          ("attnlab_greedy", "nn_transformer_greedy_no_cache"),
-                         ("attnlab_greedy", "attnlab_greedy_no_cache"), ("attnlab_int8_greedy", "attnlab_greedy")):
+                         ("attnlab_greedy", "attnlab_greedy_no_cache"), ("attnlab_int8_greedy", "attnlab_greedy"),
+                         ("attnlab_int8_greedy", "hf_marian_int8_greedy"), (f"attnlab_int8_{beam}", f"hf_marian_int8_{beam}"),
+                         ("attnlab_int8_greedy", "hf_marian_greedy"), (f"attnlab_int8_{beam}", f"hf_marian_{beam}")):
         if ours in runs and theirs in runs:
             ratios[f"{ours}_vs_{theirs}"] = round(runs[theirs] / runs[ours], 3)
     what = (f"a trained model ({args.model}) on the first {n} sentences of {args.src}" if args.model else

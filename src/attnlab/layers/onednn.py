@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.layers.int8 import Int8Linear
+
 _ACTIVE: contextvars.ContextVar[int] = contextvars.ContextVar("attnlab_fast_decoding", default=0)
 _epochs = itertools.count(1)
 _PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -102,9 +104,11 @@ def _packed(module: nn.Module, weight: Tensor, rows: slice) -> Tensor:
 
 def linear(module: nn.Module, x: Tensor, rows: slice | None = None, relu: bool = False) -> Tensor:
     """module(x) for an nn.Linear (rows `rows` of its weight only, when given), optionally followed by
-    ReLU; through oneDNN when `_usable`, else F.linear. Other module types (e.g. int8 quantised
-    linears) are called as they are."""
+    ReLU; through oneDNN when `_usable`, else F.linear. An int8 layer (attnlab.layers.int8) runs its own
+    kernels; other module types are called as they are."""
     if not isinstance(module, nn.Linear):
+        if isinstance(module, Int8Linear):
+            return module(x, rows=rows, relu=relu)
         if rows is not None:
             raise TypeError(f"cannot take rows of a {type(module).__name__}")
         y = module(x)
