@@ -1,4 +1,6 @@
 """Dynamic int8 quantisation for CPU inference: what it converts, and that a trained model keeps its outputs."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,7 @@ def test_int8_row_blocks_are_the_rows_of_the_whole():
     for rows in (slice(0, 32), slice(32, 96)):
         torch.testing.assert_close(q(x, rows=rows), whole[:, rows], rtol=1e-6, atol=1e-6)
     assert q(x[:0], rows=slice(32, 96)).shape == (0, 64)
+    assert torch.equal(copy.deepcopy(q)(x), whole)  # a copy of a used layer packs its own blocks
 
 
 def test_quantised_attention_projects_like_the_float_one_with_int8_weights():
