@@ -76,6 +76,19 @@ def test_projected_loss_equals_projection_then_loss(smoothing, block_bytes):
     torch.testing.assert_close(loss3, loss1.detach())
 
 
+def test_projected_loss_backward_twice_is_refused_not_wrong():
+    """Backward scales the gradients saved in forward in place: a second pass through a retained graph
+    must fail loudly rather than scale them twice."""
+    from attnlab.training.loss import projected_label_smoothed_nll
+
+    torch.manual_seed(0)
+    h, w = torch.randn(6, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    loss, _ = projected_label_smoothed_nll(h, w, torch.randint(1, 50, (6,)), 0)
+    (loss * 0.5).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+
+
 def test_projected_loss_rejects_mismatched_shapes():
     from attnlab.training.loss import projected_label_smoothed_nll
 

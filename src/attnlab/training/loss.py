@@ -127,10 +127,12 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):  # type: ignore[override]
+        # The gradients were computed in forward for an incoming gradient of 1; they are scaled in place
+        # (no second V x d_model weight gradient in fresh memory), so a second backward through a
+        # retained graph is refused by autograd's check of the saved tensors' versions.
         grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_loss if ctx.needs_input_grad[0] else None
-        gw = grad_weight * grad_loss if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None, None
+        grads = [g.mul_(grad_loss) if wanted else None for wanted, g in zip(ctx.needs_input_grad[:2], (grad_hidden, grad_weight))]
+        return grads[0], grads[1], None, None, None, None
 
 
 def projected_label_smoothed_nll(hidden: Tensor, weight: Tensor, target: Tensor, pad_id: int,
