@@ -25,6 +25,15 @@ def test_train_benchmark_reports_ratios_and_mfu(capsys, tmp_path):
     assert {"cpu", "threads", "torch", "bf16_matmul"} <= set(result["machine"])
 
 
+def test_train_benchmark_names_its_configurations():
+    from attnlab.bench.common import SIZES
+    from attnlab.bench.train import make_step
+
+    for bad in ("ref", "ref-fp16", "attnlab-fp32-jit", "tf-fp32"):
+        with pytest.raises(ValueError, match="unknown configuration"):
+            make_step(bad, SIZES["small"], [])
+
+
 def test_decode_benchmark_decodes_what_hf_marian_decodes(capsys):
     pytest.importorskip("transformers")
     assert main(["bench", "decode", "--size", "tiny", "--batch", "6", "--max-len", "5", "--repeats", "1",

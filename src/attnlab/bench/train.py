@@ -8,6 +8,7 @@ against the measured matmul peak of the same dtype.
 
     attnlab bench train --size small --out benchmarks/results/train_small.json
     attnlab bench train --size base --repeats 3 --out benchmarks/results/train_base.json
+    attnlab bench train --configs ref-fp32,ref-fp32-compile,attnlab-fp32,attnlab-fp32-compile   # torch.compile
 """
 from __future__ import annotations
 
@@ -78,15 +79,20 @@ def attnlab_step_fn(model: Transformer, amp: str, warmup: int, pairs_for_sampler
 
 
 def make_step(name: str, size: dict, batches: list[Batch]):
-    family, amp = name.split("-")
+    """name: FAMILY-AMP[-compile], e.g. ref-fp32, attnlab-bf16, ref-fp32-compile (torch.compile, dynamic shapes)."""
+    family, amp, *extra = (name.split("-") + [""])[: max(2, name.count("-") + 1)]
+    if family not in ("ref", "attnlab") or amp not in ("fp32", "bf16") or extra not in ([], ["compile"]):
+        raise ValueError(f"unknown configuration {name!r}: expected (ref|attnlab)-(fp32|bf16)[-compile]")
     d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]
     torch.manual_seed(0)
     if family == "ref":
-        return reference_step_fn(ReferenceTranslator(d, h, n, d_ff, vocab), amp, 4000, d)
+        model = ReferenceTranslator(d, h, n, d_ff, vocab)
+        return reference_step_fn(torch.compile(model, dynamic=True) if extra else model, amp, 4000, d)
     cfg = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d, n_heads=h, n_layers=n,
                             d_ff=d_ff, dropout=0.1, share_embeddings=True)
-    return attnlab_step_fn(Transformer(cfg), "none" if amp == "fp32" else amp, 4000,
-                           [(b.src[0].tolist(), b.tgt_in[0].tolist()) for b in batches])
+    model = Transformer(cfg)
+    return attnlab_step_fn(torch.compile(model, dynamic=True) if extra else model, "none" if amp == "fp32" else amp,
+                           4000, [(b.src[0].tolist(), b.tgt_in[0].tolist()) for b in batches])
 
 
 def memory_probe(args: argparse.Namespace) -> None:
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, default=8, help="distinct batches per timed round")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (median)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--configs", default="ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16")
+    ap.add_argument("--configs", default="ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16",
+                    help="comma list of (ref|attnlab)-(fp32|bf16)[-compile]")
     ap.add_argument("--skip-memory", action="store_true", help="do not measure peak RSS per configuration")
     ap.add_argument("--out", default=None)
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -136,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     flops = training_flops(batches, d, n, d_ff, vocab)
 
     steps = {name: make_step(name, size, batches) for name in args.configs.split(",")}
-    for step in steps.values():  # warm-up: allocator, kernels, lazy init
-        for b in batches[:2]:
+    for name, step in steps.items():  # warm-up: allocator, kernels, lazy init; torch.compile: every shape
+        for b in (batches if name.endswith("-compile") else batches[:2]):
             step(b)
 
     times: dict[str, list[float]] = {name: [] for name in steps}
