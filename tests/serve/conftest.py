@@ -41,9 +41,9 @@ def make_app(translator):
     pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
     from attnlab.serve import Limits, create_app
 
-    def make(captioner=None, with_translator=True, **overrides):
+    def make(captioner=None, with_translator=True, int8=False, **overrides):
         return create_app(translator if with_translator else None, captioner=captioner,
-                          limits=Limits(**{**TEST_LIMITS, **overrides}))
+                          limits=Limits(**{**TEST_LIMITS, **overrides}), int8=int8)
 
     return make
 

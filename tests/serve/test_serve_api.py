@@ -267,8 +267,25 @@ def test_health(client, translator):
     assert m["arch"] == "transformer" and m["task"] == "dates" and m["attention"] is True
     assert m["vocab"] == {"src": translator.tokenizers.src.vocab_size, "tgt": translator.tokenizers.tgt.vocab_size}
     assert m["config"] == {"d_model": 32, "n_heads": 4, "n_layers": 2, "d_ff": 64}
-    assert m["parameters"] == translator.model.num_parameters()
+    assert m["parameters"] == translator.model.num_parameters() and m["int8"] is False
     assert body["limits"]["max_sentences"] == 8 and body["batching"]["sentences"] > 0
+
+
+def test_int8_serving_decodes_as_the_library_int8_translator(make_app, translator):
+    from attnlab.quantize import quantize_int8
+    from attnlab.serve import create_app
+    from attnlab.translate import Translator
+
+    library_int8 = Translator(quantize_int8(translator.model), translator.tokenizers, translator.device, translator.meta)
+    with TestClient(make_app(int8=True)) as c:
+        for beam in (1, 3):
+            r = c.post("/translate", json={"text": DATES, "beam": beam})
+            assert r.status_code == 200, r.text
+            assert r.json()["translations"] == library_int8.translate(DATES, beam=beam)
+        assert c.get("/health").json()["model"]["int8"] is True
+    assert type(translator.model.output_projection) is torch.nn.Linear  # the translator passed in is left alone
+    with pytest.raises(ValueError, match="int8 serving applies to translation models"):
+        create_app(None, int8=True)
 
 
 def test_openapi_schema_documents_the_limits(client):

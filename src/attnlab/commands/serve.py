@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--int8", action="store_true",
+                   help="decode with int8 linear layers (CPU only; BLEU and speed: benchmarks/, README)")
     g = p.add_argument_group("batching")
     g.add_argument("--max-batch", type=int, default=32, help="sentences per batched decoding call (1 = no batching)")
     g.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                     max_sentences=args.max_sentences, max_chars=args.max_chars, max_beam=args.max_beam,
                     max_attention_sentences=args.max_attention_sentences, max_src_tokens=args.max_src_tokens,
                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
-    app = create_app(args.model, limits=limits, device=str(parse_device(args.device)))
+    app = create_app(args.model, limits=limits, device=str(parse_device(args.device)), int8=args.int8)
     print(f"attnlab serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug",
                 timeout_keep_alive=5, timeout_graceful_shutdown=5)

@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from attnlab.layers.int8 import Int8Linear
 from attnlab.serve.batcher import MicroBatcher, ModelThread, Overloaded
 from attnlab.serve.captioner import BadImage, Captioner, check_image, is_captioning_arch, load_captioner
 from attnlab.translate import DecodeConfig, Translator, source_ids
@@ -200,7 +201,9 @@ class Service:
             model = self.translator.model
             cfg = self.meta.get("model") or (model.cfg.to_dict() if hasattr(model, "cfg") else {})
             info["config"] = {k: cfg[k] for k in ("d_model", "n_heads", "n_layers", "d_ff") if k in cfg}
-            info["parameters"] = sum(p.numel() for p in model.parameters())
+            int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+            info["parameters"] = sum(p.numel() for p in model.parameters()) + sum(m.qweight.numel() for m in int8)
+            info["int8"] = bool(int8)
             info["vocab"] = {"src": self.translator.tokenizers.src.vocab_size,
                              "tgt": self.translator.tokenizers.tgt.vocab_size}
             info["attention"] = hasattr(model, "attention_maps")
@@ -341,15 +344,24 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ---- the app ---------------------------------------------------------------------------------
 
 def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Captioner | None = None,
-               device: str = "cpu") -> FastAPI:
+               device: str = "cpu", int8: bool = False) -> FastAPI:
     """A FastAPI app serving `model`: a run directory (or checkpoint directory), a LoadedRun, or a
-    Translator; `captioner` adds /caption (a captioning run directory loads one by itself)."""
+    Translator; `captioner` adds /caption (a captioning run directory loads one by itself). With
+    `int8`, the translator decodes with int8 linear layers (attnlab.quantize; CPU); a Translator passed
+    in is left as it is."""
     from contextlib import asynccontextmanager
 
     from attnlab import __version__
 
     limits = limits or Limits()
     translator, loaded_captioner, meta = _load(model, device)
+    if int8:
+        if translator is None:
+            raise ValueError("int8 serving applies to translation models; this run holds none")
+        from attnlab.quantize import quantize_int8
+
+        translator = Translator(quantize_int8(translator.model), translator.tokenizers, translator.device,
+                                translator.meta)
     captioner = captioner or loaded_captioner
     if translator is None and captioner is None:
         raise ValueError("create_app needs a model to serve: a run directory, a Translator, or a captioner")
