@@ -80,7 +80,8 @@ def attnlab_step_fn(model: Transformer, amp: str, warmup: int, pairs_for_sampler
 
 def make_step(name: str, size: dict, batches: list[Batch]):
     """name: FAMILY-AMP[-compile], e.g. ref-fp32, attnlab-bf16, ref-fp32-compile (torch.compile, dynamic shapes)."""
-    family, amp, *extra = (name.split("-") + [""])[: max(2, name.count("-") + 1)]
+    parts = name.split("-")
+    family, amp, extra = parts[0], (parts[1] if len(parts) > 1 else ""), parts[2:]
     if family not in ("ref", "attnlab") or amp not in ("fp32", "bf16") or extra not in ([], ["compile"]):
         raise ValueError(f"unknown configuration {name!r}: expected (ref|attnlab)-(fp32|bf16)[-compile]")
     d, h, n, d_ff, vocab = size["d_model"], size["n_heads"], size["n_layers"], size["d_ff"], size["vocab"]

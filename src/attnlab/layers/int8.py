@@ -32,8 +32,12 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self._packs: dict[tuple[int, int], object] = {}
 
-    def _packed(self, rows: slice | None):
+    def _bounds(self, rows: slice | None) -> tuple[int, int]:
         start, stop, _ = (rows or slice(None)).indices(self.out_features)
+        return start, stop
+
+    def _packed(self, rows: slice | None):
+        start, stop = self._bounds(rows)
         pack = self._packs.get((start, stop))
         if pack is None:
             bias = None if self.bias is None else self.bias[start:stop].contiguous()
@@ -51,7 +55,7 @@ class Int8Linear(nn.Module):
         if x.dtype != torch.float32:
             x = x.float()
         if x.numel() == 0:  # the kernels want at least one row
-            start, stop, _ = (rows or slice(None)).indices(self.out_features)
+            start, stop = self._bounds(rows)
             return x.new_zeros(*x.shape[:-1], stop - start)
         op = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
         return op(x, self._packed(rows), True)  # reduce_range: 7-bit activations, no int16 overflow on AVX2

@@ -358,10 +358,8 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
     if int8:
         if translator is None:
             raise ValueError("int8 serving applies to translation models; this run holds none")
-        from attnlab.quantize import quantize_int8
-
-        translator = Translator(quantize_int8(translator.model), translator.tokenizers, translator.device,
-                                translator.meta)
+        translator = Translator(translator.model, translator.tokenizers, translator.device,
+                                translator.meta).quantize_int8()
     captioner = captioner or loaded_captioner
     if translator is None and captioner is None:
         raise ValueError("create_app needs a model to serve: a run directory, a Translator, or a captioner")

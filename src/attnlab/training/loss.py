@@ -131,8 +131,9 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
         # (no second V x d_model weight gradient in fresh memory), so a second backward through a
         # retained graph is refused by autograd's check of the saved tensors' versions.
         grad_hidden, grad_weight = ctx.saved_tensors
-        grads = [g.mul_(grad_loss) if wanted else None for wanted, g in zip(ctx.needs_input_grad[:2], (grad_hidden, grad_weight))]
-        return grads[0], grads[1], None, None, None, None
+        gh = grad_hidden.mul_(grad_loss) if ctx.needs_input_grad[0] else None
+        gw = grad_weight.mul_(grad_loss) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None, None
 
 
 def projected_label_smoothed_nll(hidden: Tensor, weight: Tensor, target: Tensor, pad_id: int,
