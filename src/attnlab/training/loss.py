@@ -89,7 +89,7 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
         n, vocab = hidden.size(0), weight.size(0)
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_grad else None
-        grad_weight = torch.zeros_like(weight) if want_grad else None
+        grad_weight = (torch.empty_like(weight) if n else torch.zeros_like(weight)) if want_grad else None  # the first block writes it
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 for fp64 inputs)
         nll = hidden.new_zeros((), dtype=acc)
         smooth = hidden.new_zeros((), dtype=acc)
@@ -118,7 +118,10 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
                     z.mul_(keep[:, None])
                 g = z.to(hidden.dtype)
                 torch.mm(g, weight, out=grad_hidden[start:start + block_rows])
-                grad_weight.addmm_(g.t(), h)
+                if start == 0:
+                    torch.mm(g.t(), h, out=grad_weight)
+                else:
+                    grad_weight.addmm_(g.t(), h)
         loss = (1.0 - eps) * nll + eps * smooth if eps else nll.clone()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.mark_non_differentiable(nll)

@@ -1,0 +1,113 @@
+"""Packed head-major attention (training path): same values and gradients as the padded attention."""
+import pytest
+import torch
+
+import attnlab.layers.packed_attention as packed_module
+from attnlab import Transformer, TransformerConfig
+from attnlab.layers.attention import scaled_dot_product_attention
+from attnlab.layers.masks import causal_mask
+from attnlab.layers.packed_attention import packed_attention
+from attnlab.layers.packing import Packing
+
+B, T, S, H, DK = 5, 7, 6, 4, 8
+D = H * DK
+
+
+def packings():
+    tgt_len, src_len = torch.tensor([7, 3, 1, 5, 6]), torch.tensor([6, 2, 4, 1, 5])
+    return Packing(torch.arange(T)[None] < tgt_len[:, None]), Packing(torch.arange(S)[None] < src_len[:, None])
+
+
+def heads(x):
+    return x.view(x.size(0), x.size(1), H, DK).transpose(1, 2)
+
+
+def padded_reference(p_q, p_kv, q, k, v, mask):
+    out, _ = scaled_dot_product_attention(heads(p_q.unpack(q)), heads(p_kv.unpack(k)), heads(p_kv.unpack(v)), mask)
+    return p_q.pack(out.transpose(1, 2).reshape(p_q.batch, p_q.length, D))
+
+
+def test_self_attention_equals_padded_forward_and_backward():
+    torch.manual_seed(0)
+    p, _ = packings()
+    qkv = torch.randn(p.n_tokens, 3 * D, dtype=torch.float64, requires_grad=True)
+    mask = p.key_mask & causal_mask(T, qkv.device)
+    out = packed_attention(qkv, None, p, None, mask, H)
+    grad = torch.randn_like(out)
+    (ours,) = torch.autograd.grad(out, qkv, grad)
+    ref = padded_reference(p, p, *qkv.chunk(3, dim=-1), mask)
+    (theirs,) = torch.autograd.grad(ref, qkv, grad)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda x: packed_attention(x, None, p, None, mask, H), (qkv,))
+
+
+def test_cross_attention_equals_padded_forward_and_backward():
+    torch.manual_seed(1)
+    p_t, p_s = packings()
+    q = torch.randn(p_t.n_tokens, D, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(p_s.n_tokens, 2 * D, dtype=torch.float64, requires_grad=True)
+    out = packed_attention(q, kv, p_t, p_s, p_s.key_mask, H)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (q, kv), grad)
+    ref = padded_reference(p_t, p_s, q, *kv.chunk(2, dim=-1), p_s.key_mask)
+    theirs = torch.autograd.grad(ref, (q, kv), grad)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda a, b: packed_attention(a, b, p_t, p_s, p_s.key_mask, H), (q, kv))
+
+
+def test_head_rows_place_every_value_once():
+    p, _ = packings()
+    rows = p.head_rows(H, 3)
+    assert rows.numel() == p.n_tokens * 3 * H and rows.unique().numel() == rows.numel()
+    # packed token n, part 1 (K), head 2 lands in (part 1, its sentence b, head 2, its position t)
+    n = 4
+    b, t = divmod(int(p.index[n]), T)
+    assert int(rows[n * 3 * H + 1 * H + 2]) == ((1 * B + b) * H + 2) * T + t
+
+
+def _count_packed_calls(monkeypatch):
+    calls = []
+    real = packed_module._PackedAttention.apply
+    monkeypatch.setattr(packed_module._PackedAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_training_forward_takes_the_packed_path_and_matches_padded(monkeypatch):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
+    model = Transformer(cfg).train()
+    src = torch.tensor([[5, 6, 7, 8, 2], [9, 4, 2, 0, 0], [3, 2, 0, 0, 0]])
+    tgt = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 4, 4, 0, 0, 0], [1, 3, 3, 3, 0, 0]])
+    keep = tgt != 0
+    calls = _count_packed_calls(monkeypatch)
+    packed = model(src, tgt, positions=keep)
+    assert len(calls) == 3 * cfg.n_layers  # encoder self, decoder self, decoder cross, per layer
+    torch.testing.assert_close(packed, model(src, tgt)[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_empty_source_sentence_takes_the_general_path(monkeypatch):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0)
+    model = Transformer(cfg).train()
+    src = torch.tensor([[5, 6, 7], [0, 0, 0]])  # the second source is empty: its target queries have no key
+    tgt = torch.tensor([[1, 5, 6], [1, 4, 0]])
+    calls = _count_packed_calls(monkeypatch)
+    out = model(src, tgt, positions=tgt != 0)
+    out.square().sum().backward()
+    assert len(calls) == 1  # decoder self-attention only: encoder and cross attention see a keyless row
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("dropout", [0.1])
+def test_attention_dropout_takes_the_general_path(monkeypatch, dropout):
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=4, n_layers=1, d_ff=64,
+                            attn_dropout=dropout)
+    model = Transformer(cfg).train()
+    calls = _count_packed_calls(monkeypatch)
+    tgt = torch.tensor([[1, 5, 6], [1, 4, 0]])
+    model(torch.tensor([[5, 6, 7], [4, 0, 0]]), tgt, positions=tgt != 0)
+    assert calls == []
