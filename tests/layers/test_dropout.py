@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from attnlab.layers.dropout import Dropout, _drop_mask
+from attnlab.layers.dropout import Dropout, drop_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
 def test_mask_rate_is_p_in_every_lane_of_a_draw(p):
     torch.manual_seed(0)
     n = 400_000
-    mask = _drop_mask(torch.Size((n,)), p, torch.device("cpu"))
+    mask = drop_mask(torch.Size((n,)), p, torch.device("cpu"))
     # four 15-bit lanes per 64-bit draw: each lane, the top one included, drops at rate p
     rates = mask.view(-1, 4).float().mean(0)
     assert torch.all((rates - p).abs() < 0.005), rates

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """Bool mask of `shape`, True with probability p (resolved to 2^-15)."""
     n = math.prod(shape)
     # random_() on int64 draws from [0, 2^63): the four int16 lanes of a draw are uniform on their low 15 bits
@@ -30,7 +30,7 @@ def _drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
 class _CPUDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
-        drop = _drop_mask(x.shape, p, x.device)
+        drop = drop_mask(x.shape, p, x.device)
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(drop)
         ctx.scale = scale
