@@ -198,22 +198,24 @@ def test_cached_beam_search_equals_recomputation_and_shares_the_source_between_b
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
     assert len({len(hyps[0].tokens) for hyps in cached}) > 1  # sentences finish at different steps
 
-    state = model.init_decode(src, max_len=4)
-    state.reorder(torch.arange(5).repeat_interleave(3))  # 3 rows per sentence
-    assert state.group == 3 and state.memory.size(0) == 5 and state.batch_size == 15
-    state.reorder(torch.tensor([2, 0, 1, 12, 12, 13]))  # parents within sentences 0 and 4
-    assert state.group == 3 and state.memory.size(0) == 2
-    expanded = model.init_decode(src[[0, 0, 0, 4, 4, 4]], max_len=4)
-    prefix = torch.full((6, 1), BOS)
-    logits, _, w = model.decode_step(prefix, state, need_weights=True)
-    ref_logits, _, ref_w = model.decode_step(prefix, expanded, need_weights=True)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
-    state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
-    assert state.group == 1 and state.memory.size(0) == 3
-    torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])
+    with torch.no_grad():  # as the decoders run (with gradients on, training kernels round differently)
+        state = model.init_decode(src, max_len=4)
+        state.reorder(torch.arange(5).repeat_interleave(3))  # 3 rows per sentence
+        assert state.group == 3 and state.memory.size(0) == 5 and state.batch_size == 15
+        state.reorder(torch.tensor([2, 0, 1, 12, 12, 13]))  # parents within sentences 0 and 4
+        assert state.group == 3 and state.memory.size(0) == 2
+        expanded = model.init_decode(src[[0, 0, 0, 4, 4, 4]], max_len=4)
+        prefix = torch.full((6, 1), BOS)
+        logits, _, w = model.decode_step(prefix, state, need_weights=True)
+        ref_logits, _, ref_w = model.decode_step(prefix, expanded, need_weights=True)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+        state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
+        assert state.group == 1 and state.memory.size(0) == 3
+        torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])
 
 
+@torch.no_grad()  # as the decoders run
 def test_decoding_encodes_the_real_source_tokens_only():
     """init_decode runs the encoder on the real tokens (packed): the memory equals the padded encoder's
     at every real position and is zero at the pads; an unpadded batch takes the padded path."""
