@@ -146,9 +146,11 @@ def projected_label_smoothed_nll(hidden: Tensor, weight: Tensor, target: Tensor,
                                  smoothing: float = 0.1, block_bytes: int = 32 << 20) -> tuple[Tensor, Tensor]:
     """label_smoothed_nll(F.linear(hidden, weight), target, ...) without the (N, V) logits:
     hidden (N, d_model), weight (V, d_model) (the output projection, no bias), target (N,).
-    Blocks of rows whose logits fill about `block_bytes`."""
+    Blocks of equal numbers of rows whose logits fill at most about `block_bytes`."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.size(1) != weight.size(1) or target.shape != hidden.shape[:1]:
         raise ValueError(f"expected hidden (N, d), weight (V, d), target (N,); got {tuple(hidden.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(target.shape)}")
-    block_rows = max(16, block_bytes // (4 * weight.size(0)))
+    max_rows = max(16, block_bytes // (4 * weight.size(0)))
+    n_blocks = max(1, -(-hidden.size(0) // max_rows))
+    block_rows = max(1, -(-hidden.size(0) // n_blocks))  # equal blocks: no small, slow last matmul
     return _ProjectedSmoothedCrossEntropy.apply(hidden, weight, target, pad_id, float(smoothing), block_rows)
