@@ -6,7 +6,7 @@ import attnlab.layers.packed_attention as packed_module
 from attnlab import Transformer, TransformerConfig
 from attnlab.layers.attention import scaled_dot_product_attention
 from attnlab.layers.masks import causal_mask
-from attnlab.layers.packed_attention import packed_attention
+from attnlab.layers.packed_attention import _Layout, attention_groups, packed_attention
 from attnlab.layers.packing import Packing
 
 B, T, S, H, DK = 5, 7, 6, 4, 8
@@ -27,12 +27,22 @@ def padded_reference(p_q, p_kv, q, k, v, mask):
     return p_q.pack(out.transpose(1, 2).reshape(p_q.batch, p_q.length, D))
 
 
-def test_self_attention_equals_padded_forward_and_backward():
+@pytest.fixture(params=[1, 2], ids=["one-group", "two-groups"])
+def grouped(request, monkeypatch):
+    """Run with the batch in one group, or in groups of 2+ sentences (here 2 groups of 5 sentences)."""
+    if request.param > 1:
+        real = packed_module.attention_groups
+        monkeypatch.setattr(packed_module, "attention_groups", lambda p: real(p, max_groups=request.param, min_sentences=2))
+    return request.param
+
+
+def test_self_attention_equals_padded_forward_and_backward(grouped):
     torch.manual_seed(0)
     p, _ = packings()
     qkv = torch.randn(p.n_tokens, 3 * D, dtype=torch.float64, requires_grad=True)
     mask = p.key_mask & causal_mask(T, qkv.device)
     out = packed_attention(qkv, None, p, None, mask, H)
+    assert len(next(iter(p.layouts.values()))[0].blocks) == grouped
     grad = torch.randn_like(out)
     (ours,) = torch.autograd.grad(out, qkv, grad)
     ref = padded_reference(p, p, *qkv.chunk(3, dim=-1), mask)
@@ -42,7 +52,7 @@ def test_self_attention_equals_padded_forward_and_backward():
     assert torch.autograd.gradcheck(lambda x: packed_attention(x, None, p, None, mask, H), (qkv,))
 
 
-def test_cross_attention_equals_padded_forward_and_backward():
+def test_cross_attention_equals_padded_forward_and_backward(grouped):
     torch.manual_seed(1)
     p_t, p_s = packings()
     q = torch.randn(p_t.n_tokens, D, dtype=torch.float64, requires_grad=True)
@@ -58,14 +68,26 @@ def test_cross_attention_equals_padded_forward_and_backward():
     assert torch.autograd.gradcheck(lambda a, b: packed_attention(a, b, p_t, p_s, p_s.key_mask, H), (q, kv))
 
 
-def test_head_rows_place_every_value_once():
-    p, _ = packings()
-    rows = p.head_rows(H, 3)
+def test_layout_places_every_value_once_in_its_length_group():
+    p, _ = packings()  # target lengths 7, 3, 1, 5, 6
+    groups = [torch.tensor([0, 4]), torch.tensor([3, 1, 2])]  # longest first, as attention_groups orders them
+    layout = _Layout(p, groups, H, 3)
+    assert layout.blocks == [(0, 2, 7), (3 * 2 * H * 7, 3, 5)]  # (first row, sentences, their longest)
+    rows = layout.rows
     assert rows.numel() == p.n_tokens * 3 * H and rows.unique().numel() == rows.numel()
-    # packed token n, part 1 (K), head 2 lands in (part 1, its sentence b, head 2, its position t)
-    n = 4
-    b, t = divmod(int(p.index[n]), T)
-    assert int(rows[n * 3 * H + 1 * H + 2]) == ((1 * B + b) * H + 2) * T + t
+    assert int(rows.max()) < layout.size == 3 * H * (2 * 7 + 3 * 5)
+    # packed token n (sentence 1, position 2), part 1 (K), head 2: group 1, rank 1 in it, block length 5
+    n = int((p.index == 1 * T + 2).nonzero())
+    assert int(rows[n * 3 * H + 1 * H + 2]) == 3 * 2 * H * 7 + ((1 * 3 + 1) * H + 2) * 5 + 2
+
+
+def test_attention_groups_sort_by_length_and_keep_groups_large():
+    lengths = torch.tensor([5, 30, 8, 12] * 16)
+    p = Packing(torch.arange(30)[None] < lengths[:, None])
+    groups = attention_groups(p)
+    assert len(groups) == 4 and all(g.numel() == 16 for g in groups)
+    assert [int(lengths[g].max()) for g in groups] == [30, 12, 8, 5]
+    assert len(attention_groups(Packing(torch.ones(20, 3, dtype=torch.bool)))) == 1
 
 
 def _count_packed_calls(monkeypatch):

@@ -1,18 +1,22 @@
 """Multi-head scaled dot-product attention on packed rows (training on the CPU), in head-major buffers.
 
 In packed training (attnlab.layers.packing) the projections run on the real tokens only: self-attention's
-Q, K, V arrive as rows (N, 3 d_model), while the scores need the padded (B, H, T, S) layout. Written with
+Q, K, V arrive as rows (N, 3 d_model), while the scores need a padded (B, H, T, S) layout. Written with
 plain tensor ops, the trip there and back copies the activations several times: the scatter into
 (B, T, 3 d_model), the head split's strided views made contiguous for the batched matmuls, the concat
 of the heads, and in backward the gradients of Q, K and V concatenated again into (B, T, 3 d_model).
 
-Here each real row of d_k values is scattered once, straight into head-major buffers (parts, B, H, T, d_k)
-(zeros at the pads), every matmul runs on contiguous (B H, T, d_k) blocks, the output is gathered
-from (B, H, T, d_k) back into packed rows, and backward writes dQ, dK, dV into one head-major buffer
-from which the packed gradient (N, 3 d_model) is gathered in one pass. It computes
-softmax(Q K^T / sqrt(d_k)) V with the same masks (bool, True = may attend) as
-attnlab.layers.attention.scaled_dot_product_attention, without dropout on the weights, for masks
-that leave every query at least one key (the caller checks).
+Here each real row of d_k values is scattered once, straight into head-major buffers (zeros at the
+pads), every matmul runs on contiguous (B H, T, d_k) blocks, the output is gathered back into packed
+rows, and backward writes dQ, dK, dV into one head-major buffer from which the packed gradient
+(N, 3 d_model) is gathered in one pass. The sentences are also grouped by length (`attention_groups`):
+each group is padded to its own longest sentence, not the batch's, which cuts the attention's padded
+work: forward + backward of one `base` self-attention (64 sentences of 8-30 tokens, 8 heads) took 19.4 ms
+in one group, 15.7 ms in two and 13.9 ms in four (2-core AMD EPYC).
+
+It computes softmax(Q K^T / sqrt(d_k)) V with the same masks (bool, True = may attend) as
+attnlab.layers.attention.scaled_dot_product_attention, without dropout on the weights, for masks that
+leave every query at least one key (the caller checks).
 """
 from __future__ import annotations
 
@@ -25,69 +29,122 @@ from torch.autograd.function import once_differentiable
 from attnlab.layers.packing import Packing
 
 
-def _to_heads(x: Tensor, rows: Tensor, parts: int, batch_heads: int, length: int, d_k: int) -> Tensor:
-    """Packed rows (N, parts * H * d_k) -> head-major (parts, B H, T, d_k), zeros at the pads."""
-    # zeroing the whole buffer (a memset) is faster than filling the pads' short rows by index
-    buf = x.new_zeros(parts * batch_heads * length, d_k).index_copy_(0, rows, x.reshape(-1, d_k))
-    return buf.view(parts, batch_heads, length, d_k)
+def attention_groups(packing: Packing, max_groups: int = 4, min_sentences: int = 16) -> list[Tensor]:
+    """The sentences of a batch in up to `max_groups` groups of similar length (longest first), with at
+    least `min_sentences` each (fewer groups, fewer but larger matmuls)."""
+    n_groups = max(1, min(max_groups, packing.batch // min_sentences))
+    return list(torch.argsort(packing.keep.sum(1), descending=True, stable=True).tensor_split(n_groups))
 
 
-def _to_rows(x: Tensor, rows: Tensor, n: int) -> Tensor:
-    """Head-major (parts, B H, T, d_k) -> packed rows (N, parts * H * d_k): the real rows only."""
-    return x.reshape(-1, x.size(-1)).index_select(0, rows).view(n, -1)
+class _Layout:
+    """Where the packed rows (N, parts * H * d_k) of one side go: for each group of sentences a head-major
+    block (parts, B_g H, L_g, d_k), L_g the group's longest sentence on this side, the blocks one after
+    another in a buffer of rows of d_k. `rows` (N * parts * H,): the buffer row of each packed value."""
+
+    def __init__(self, packing: Packing, groups: list[Tensor], n_heads: int, parts: int):
+        lengths = packing.keep.sum(1)
+        device = lengths.device
+        start = torch.empty(packing.batch, dtype=torch.long, device=device)  # row of (part 0, head 0, t 0)
+        part_stride, head_stride = torch.empty_like(start), torch.empty_like(start)
+        self.groups, self.parts, self.n_heads = groups, parts, n_heads
+        self.blocks: list[tuple[int, int, int]] = []  # (first row, B_g, L_g)
+        offset = 0
+        for sentences in groups:
+            b_g, l_g = sentences.numel(), max(1, int(lengths[sentences].max()))
+            self.blocks.append((offset, b_g, l_g))
+            start[sentences] = offset + torch.arange(b_g, device=device) * (n_heads * l_g)
+            part_stride[sentences], head_stride[sentences] = b_g * n_heads * l_g, l_g
+            offset += parts * b_g * n_heads * l_g
+        self.size = offset
+        b = packing.index.div(packing.length, rounding_mode="floor")
+        t = packing.index.remainder(packing.length)
+        p = torch.arange(parts, device=device)[None, :, None] * part_stride[b][:, None, None]
+        h = torch.arange(n_heads, device=device)[None, None, :] * head_stride[b][:, None, None]
+        self.rows = ((start[b] + t)[:, None, None] + p + h).reshape(-1)
+
+    def scatter(self, x: Tensor, d_k: int) -> Tensor:
+        """Packed rows -> the buffer (size, d_k), zeros at the pads (zeroing the whole buffer, a memset,
+        is faster than filling the pads' short rows by index)."""
+        return x.new_zeros(self.size, d_k).index_copy_(0, self.rows, x.reshape(-1, d_k))
+
+    def gather(self, buf: Tensor, n: int) -> Tensor:
+        """The buffer -> packed rows (N, parts * H * d_k): the real rows only."""
+        return buf.index_select(0, self.rows).view(n, -1)
+
+    def blocks_of(self, buf: Tensor) -> list[Tensor]:
+        """The buffer (size, d_k) as one (parts, B_g H, L_g, d_k) view per group."""
+        d_k, h = buf.size(-1), self.n_heads
+        return [buf[o:o + self.parts * b * h * l].view(self.parts, b * h, l, d_k) for o, b, l in self.blocks]
+
+
+def _layouts(q_packing: Packing, kv_packing: Packing, n_heads: int, self_attention: bool):
+    """(queries' layout, output's layout, keys/values' layout or None), built once per batch (the layers
+    of a stack share them) and kept on the queries' packing."""
+    key = (n_heads, self_attention, id(kv_packing))
+    cache = q_packing.layouts
+    if key not in cache:
+        groups = attention_groups(q_packing)
+        out = _Layout(q_packing, groups, n_heads, 1)
+        cache[key] = ((_Layout(q_packing, groups, n_heads, 3), out, None) if self_attention
+                      else (out, out, _Layout(kv_packing, groups, n_heads, 2)))
+    return cache[key]
+
+
+def _qkv(qb: Tensor, kvb: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    return (qb[0], qb[1], qb[2]) if kvb is None else (qb[0], kvb[0], kvb[1])
 
 
 class _PackedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_q: Tensor, x_kv: Tensor | None, q_packing: Packing, kv_packing: Packing,  # type: ignore[override]
                 mask: Tensor, n_heads: int) -> Tensor:
-        b = q_packing.batch
-        bh, t, s = b * n_heads, q_packing.length, kv_packing.length
-        q_parts = 3 if x_kv is None else 1
-        d_k = x_q.size(-1) // (q_parts * n_heads)
-        qbuf = _to_heads(x_q, q_packing.head_rows(n_heads, q_parts), q_parts, bh, t, d_k)
-        if x_kv is None:
-            q, k, v, kvbuf = qbuf[0], qbuf[1], qbuf[2], None
-        else:
-            kvbuf = _to_heads(x_kv, kv_packing.head_rows(n_heads, 2), 2, bh, s, d_k)
-            q, k, v = qbuf[0], kvbuf[0], kvbuf[1]
-        scale = 1.0 / math.sqrt(q.size(-1))
-        scores = torch.bmm(q, k.transpose(1, 2)).view(b, n_heads, t, s)
-        scores.mul_(scale).masked_fill_(mask.logical_not(), float("-inf"))
-        p = torch.softmax(scores, dim=-1).view(bh, t, s)
-        out = torch.bmm(p, v)  # (B H, T, d_k)
-        ctx.save_for_backward(qbuf, kvbuf, p)
-        ctx.packings, ctx.n_heads, ctx.scale, ctx.self_attention = (q_packing, kv_packing), n_heads, scale, x_kv is None
-        return _to_rows(out, q_packing.head_rows(n_heads, 1), x_q.size(0))
+        q_layout, out_layout, kv_layout = _layouts(q_packing, kv_packing, n_heads, x_kv is None)
+        d_k = x_q.size(-1) // (q_layout.parts * n_heads)
+        scale = 1.0 / math.sqrt(d_k)
+        qbuf = q_layout.scatter(x_q, d_k)
+        kvbuf = None if kv_layout is None else kv_layout.scatter(x_kv, d_k)
+        out = x_q.new_empty(out_layout.size, d_k)
+        blocked = mask.logical_not()
+        kv_blocks = kv_layout.blocks_of(kvbuf) if kv_layout is not None else [None] * len(q_layout.blocks)
+        probs = []
+        for qb, kvb, ob, sentences in zip(q_layout.blocks_of(qbuf), kv_blocks, out_layout.blocks_of(out),
+                                          q_layout.groups):
+            q, k, v = _qkv(qb, kvb)
+            t, s = q.size(1), k.size(1)
+            scores = torch.bmm(q, k.transpose(1, 2)).view(-1, n_heads, t, s)
+            # the group's rows of the (B, 1, T or 1, S) mask, cut to its lengths
+            scores.mul_(scale).masked_fill_(blocked.index_select(0, sentences)[:, :, :t, :s], float("-inf"))
+            p = torch.softmax(scores, dim=-1).view(-1, t, s)
+            torch.bmm(p, v, out=ob[0])
+            probs.append(p)
+        ctx.save_for_backward(qbuf, kvbuf, *probs)
+        ctx.layouts, ctx.scale = (q_layout, out_layout, kv_layout), scale
+        ctx.n_kv = 0 if x_kv is None else x_kv.size(0)
+        return out_layout.gather(out, x_q.size(0))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        qbuf, kvbuf, p = ctx.saved_tensors
-        q_packing, kv_packing = ctx.packings
-        h = ctx.n_heads
-        bh, t = p.size(0), p.size(1)
-        if ctx.self_attention:
-            q, k, v = qbuf[0], qbuf[1], qbuf[2]
-        else:
-            q, k, v = qbuf[0], kvbuf[0], kvbuf[1]
-        d_out = _to_heads(grad_out.contiguous(), q_packing.head_rows(h, 1), 1, bh, t, q.size(-1))[0]  # (B H, T, d_k)
-        d_p = torch.bmm(d_out, v.transpose(1, 2))
-        d_s = torch._softmax_backward_data(d_p, p, -1, p.dtype).mul_(ctx.scale)  # d scores, scale folded in
-        n_q = grad_out.size(0)
-        if ctx.self_attention:
-            grads = torch.empty_like(qbuf)  # dQ, dK, dV side by side, head-major
-            torch.bmm(d_s, k, out=grads[0])
-            torch.bmm(d_s.transpose(1, 2), q, out=grads[1])
-            torch.bmm(p.transpose(1, 2), d_out, out=grads[2])
-            return _to_rows(grads, q_packing.head_rows(h, 3), n_q), None, None, None, None, None
-        d_q = torch.bmm(d_s, k)
-        d_kv = torch.empty_like(kvbuf)
-        torch.bmm(d_s.transpose(1, 2), q, out=d_kv[0])
-        torch.bmm(p.transpose(1, 2), d_out, out=d_kv[1])
-        n_kv = kv_packing.n_tokens
-        return (_to_rows(d_q, q_packing.head_rows(h, 1), n_q), _to_rows(d_kv, kv_packing.head_rows(h, 2), n_kv),
-                None, None, None, None)
+        qbuf, kvbuf, *probs = ctx.saved_tensors
+        q_layout, out_layout, kv_layout = ctx.layouts
+        d_out = out_layout.scatter(grad_out.contiguous(), qbuf.size(-1))
+        d_qbuf = torch.empty_like(qbuf)  # self-attention: dQ, dK, dV side by side, head-major
+        d_kvbuf = None if kvbuf is None else torch.empty_like(kvbuf)
+        n = len(probs)
+        kv_blocks = kv_layout.blocks_of(kvbuf) if kvbuf is not None else [None] * n
+        d_kv_blocks = kv_layout.blocks_of(d_kvbuf) if kvbuf is not None else [None] * n
+        for qb, kvb, dqb, dkvb, dob, p in zip(q_layout.blocks_of(qbuf), kv_blocks, q_layout.blocks_of(d_qbuf),
+                                              d_kv_blocks, out_layout.blocks_of(d_out), probs):
+            q, k, v = _qkv(qb, kvb)
+            dq, dk, dv = _qkv(dqb, dkvb)
+            d_p = torch.bmm(dob[0], v.transpose(1, 2))
+            d_s = torch._softmax_backward_data(d_p, p, -1, p.dtype).mul_(ctx.scale)  # d scores, scale folded in
+            torch.bmm(d_s, k, out=dq)
+            torch.bmm(d_s.transpose(1, 2), q, out=dk)
+            torch.bmm(p.transpose(1, 2), dob[0], out=dv)
+        d_q = q_layout.gather(d_qbuf, grad_out.size(0))
+        d_kv = None if kvbuf is None else kv_layout.gather(d_kvbuf, ctx.n_kv)
+        return d_q, d_kv, None, None, None, None
 
 
 def packed_attention(x_q: Tensor, x_kv: Tensor | None, q_packing: Packing, kv_packing: Packing | None,

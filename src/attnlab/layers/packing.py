@@ -31,7 +31,7 @@ class Packing:
         self.keep = keep
         self.index = keep.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens
         self._pad_index: Tensor | None = None
-        self._head_rows: dict[tuple[int, int], Tensor] = {}
+        self.layouts: dict = {}  # attnlab.layers.packed_attention's head-major layouts of this batch
 
     @property
     def n_tokens(self) -> int:
@@ -53,19 +53,6 @@ class Packing:
         if self._pad_index is None:
             self._pad_index = (~self.keep).reshape(-1).nonzero().squeeze(1)
         return self._pad_index
-
-    def head_rows(self, n_heads: int, parts: int) -> Tensor:
-        """Where packed rows (N, parts * n_heads * d_k) go in a head-major buffer (parts, B, n_heads, T, d_k)
-        seen as rows of d_k: (N * parts * n_heads,) row numbers, in the order of the packed values
-        (attnlab.layers.packed_attention)."""
-        key = (n_heads, parts)
-        if key not in self._head_rows:
-            per_part, per_head = self.batch * n_heads * self.length, self.length
-            offsets = (torch.arange(parts, device=self.index.device)[:, None] * per_part
-                       + torch.arange(n_heads, device=self.index.device)[None, :] * per_head).reshape(-1)
-            b, t = self.index.div(self.length, rounding_mode="floor"), self.index.remainder(self.length)
-            self._head_rows[key] = (b * (n_heads * self.length) + t)[:, None].add(offsets[None, :]).reshape(-1)
-        return self._head_rows[key]
 
     def unpack(self, x: Tensor) -> Tensor:
         """(N, ...) -> (B, T, ...), zeros at the padded positions."""
