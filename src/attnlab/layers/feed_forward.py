@@ -44,7 +44,8 @@ class _ReluDropoutFFN(torch.autograd.Function):
         g_w2 = _matmul(grad.t(), hidden, alpha=ctx.scale) if need[3] else None
         g_b2 = grad.sum(0) if need[4] and ctx.biases[1] else None
         # through the dropout (scale) and the ReLU: zero where the dropped-out activation is not positive
-        g_hidden = torch.ops.aten.threshold_backward(_matmul(grad, w2, alpha=ctx.scale), hidden, 0)
+        g_hidden = _matmul(grad, w2, alpha=ctx.scale)
+        torch.ops.aten.threshold_backward.grad_input(g_hidden, hidden, 0, grad_input=g_hidden)  # in place
         g_x = torch.mm(g_hidden, w1) if need[0] else None
         g_w1 = torch.mm(g_hidden.t(), x) if need[1] else None
         g_b1 = g_hidden.sum(0) if need[2] and ctx.biases[0] else None
