@@ -14,6 +14,7 @@ against the measured matmul peak of the same dtype.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -150,12 +151,19 @@ def main(argv: list[str] | None = None) -> None:
             step(b)
 
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):  # alternate, so drift of the machine hits every configuration alike
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            for b in batches:
+    step_times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        # alternate step by step, so that drift of the machine's speed (on shared machines, ±10-20% within
+        # seconds) hits every configuration alike; a round's time is the sum of its steps
+        spent = dict.fromkeys(steps, 0.0)
+        for b in batches:
+            for name, step in steps.items():
+                t0 = time.perf_counter()
                 step(b)
-            times[name].append(time.perf_counter() - t0)
+                step_times[name].append(time.perf_counter() - t0)
+                spent[name] += step_times[name][-1]
+        for name in steps:
+            times[name].append(spent[name])
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results = {}
@@ -170,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
             results[name]["peak_rss_mib"] = peak_rss(name, args)
     base = results.get("ref-fp32", {}).get("tokens_per_s")
     ratios = {f"{name}_vs_ref-fp32": round(r["tokens_per_s"] / base, 3) for name, r in results.items() if base}
+    if base:  # the same batch, back to back: the ratio least touched by the machine's drift
+        ref_steps = step_times["ref-fp32"]
+        ratios.update({f"{name}_vs_ref-fp32_median_of_step_pairs": round(statistics.median(
+            r / a for r, a in zip(ref_steps, step_times[name])), 3) for name in results if name != "ref-fp32"})
     if "ref-bf16" in results:
         ratios.update({f"{name}_vs_ref-bf16": round(r["tokens_per_s"] / results["ref-bf16"]["tokens_per_s"], 3)
                        for name, r in results.items() if name.startswith("attnlab")})
