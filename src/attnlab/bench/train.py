@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
 
     times: dict[str, list[float]] = {name: [] for name in steps}
     step_times: dict[str, list[float]] = {name: [] for name in steps}
+    amps = {amp: {"fp32": torch.float32, "bf16": torch.bfloat16}[amp] for amp in {n.split("-")[1] for n in steps}}
+    peak_samples: dict[str, list[float]] = {amp: [] for amp in amps}
     for _ in range(args.repeats):
         # alternate step by step, so that drift of the machine's speed (on shared machines, ±10-20% within
         # seconds) hits every configuration alike; a round's time is the sum of its steps
@@ -164,8 +166,10 @@ def main(argv: list[str] | None = None) -> None:
                 spent[name] += step_times[name][-1]
         for name in steps:
             times[name].append(spent[name])
+        for dtype in amps:  # the MFU denominator, measured between the rounds, under the same drift
+            peak_samples[dtype].append(matmul_peak(amps[dtype]))
 
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {amp: statistics.median(samples) for amp, samples in peak_samples.items()}
     results = {}
     for name, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
