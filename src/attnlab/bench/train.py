@@ -2,13 +2,14 @@
 
 Both train the same translator (embeddings x sqrt(d), sinusoids, post-norm encoder-decoder, tied output,
 dropout 0.1 on the embedding sums, the sub-layer outputs and the feed-forward hidden units (none on the
-attention weights, as in the paper), label smoothing 0.1, Adam(0.9, 0.98, 1e-9), warm-up, clipping at 1.0) on identical batches of 64
-sentence pairs with Multi30k-like lengths, in the same order. Reported: real (non-pad) target tokens
-per second, forward + backward + optimizer step, median over repeats, and the model FLOP utilisation
-against the measured matmul peak of the same dtype.
+attention weights, as in the paper), label smoothing 0.1, Adam(0.9, 0.98, 1e-9), warm-up, clipping at
+1.0) on identical batches of 64 sentence pairs with Multi30k-like lengths, in the same order, the two
+alternating step by step. Reported: real (non-pad) target tokens per second, forward + backward +
+optimizer step, median over repeats, the median ratio of back-to-back steps on the same batch, and the
+model FLOP utilisation against the matmul peak of the same dtype measured between the rounds.
 
     attnlab bench train --size small --out benchmarks/results/train_small.json
-    attnlab bench train --size base --repeats 3 --out benchmarks/results/train_base.json
+    attnlab bench train --size base --batches 4 --out benchmarks/results/train_base.json
     attnlab bench train --configs ref-fp32,ref-fp32-compile,attnlab-fp32,attnlab-fp32-compile   # torch.compile
 """
 from __future__ import annotations
