@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.layers.dropout import cpu_fp32_training
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.onednn import linear
 from attnlab.layers.packed_attention import packed_attention
@@ -58,13 +59,9 @@ def _packed_is_faster(x: Tensor, mask: Tensor | None) -> bool:
     # 2-core AMD EPYC, `small` model, seconds per 2 training steps, packed vs general path: sentences of
     # 32-64 tokens 1.45 vs 1.50, 128-256 tokens 1.67 vs 2.01, 256-512 tokens 1.87 vs 2.07, 384-768: 4.77 vs 3.77.
     return (
-        x.device.type == "cpu"
+        cpu_fp32_training(x)
         and mask is not None
         and mask.size(-1) <= 512
-        and x.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
         and rows_without_keys(mask) is None
     )
 

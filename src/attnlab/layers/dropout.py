@@ -18,6 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def cpu_fp32_training(x: Tensor) -> bool:
+    """Whether attnlab's hand-written CPU training functions apply to `x`: the fused feed-forward network
+    (attnlab.layers.feed_forward) and packed attention (attnlab.layers.packed_attention). CPU, float32,
+    gradients on, outside autocast and outside torch.compile's tracing (which sees through plain ops)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
 def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """Bool mask of `shape`, True with probability p (resolved to 2^-15)."""
     n = math.prod(shape)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from attnlab.layers.dropout import Dropout, drop_mask
+from attnlab.layers.dropout import Dropout, cpu_fp32_training, drop_mask
 from attnlab.layers.onednn import linear
 
 
@@ -61,9 +61,8 @@ class PositionwiseFeedForward(nn.Module):
         self.activation = F.relu if activation == "relu" else F.gelu
 
     def _fused_training(self, x: Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.linear1.weight.dtype == torch.float32
-                and torch.is_grad_enabled() and 0.0 < self.dropout.p < 1.0 and not self.dropout.inplace
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+        return (cpu_fp32_training(x) and self.linear1.weight.dtype == torch.float32
+                and 0.0 < self.dropout.p < 1.0 and not self.dropout.inplace)
 
     def forward(self, x: Tensor) -> Tensor:
         # (B, T, d_model) -> (B, T, d_ff) -> (B, T, d_model)
