@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.layers import decode_kernel
 from attnlab.layers.dropout import cpu_fp32_training
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.onednn import linear
@@ -157,6 +158,7 @@ class MultiHeadAttention(nn.Module):
         memory_kv: tuple[Tensor, Tensor] | None = None,
         packing: Packing | None = None,
         memory_packing: Packing | None = None,
+        key_lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `query` (B, T, d_model).
 
@@ -167,6 +169,10 @@ class MultiHeadAttention(nn.Module):
         - packed (training): with `packing`, `query` holds only the real tokens, (N, d_model), and so
           does the output; with `memory_packing`, `memory` is packed too, (N_s, d_model). The
           projections run on the real tokens; the scores in the padded layout.
+        - decoding (with `cache` or `memory_kv`): `key_lengths` (B,), the number of real keys of each
+          row, when they are a prefix (what `mask` says); the CPU decoding kernel
+          (attnlab.layers.decode_kernel) then reads only those. Without it, a mask sends the step to
+          PyTorch's kernels.
         Returns (B, T, d_model) (or (N, d_model) packed) and, if `need_weights`, the weights (B, H, T, S).
         """
         d = self.d_model
@@ -197,6 +203,11 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.project_kv(memory, memory_packing)
             else:
                 k, v = self.project_kv(memory)
+        if (
+            (cache is not None or memory_kv is not None) and packing is None and not need_weights
+            and dropout_p == 0.0 and (mask is None or key_lengths is not None) and decode_kernel.applies(q, k, v)
+        ):
+            return linear(self.out_proj, decode_kernel.decode_attention(q, k, v, key_lengths)), None
         out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)
         b_, h, t, dk = out.shape
         out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)

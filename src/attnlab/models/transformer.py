@@ -87,10 +87,12 @@ class DecoderLayer(nn.Module):
         packing: Packing | None = None,
         memory_packing: Packing | None = None,
         memory_groups: int = 1,
+        memory_lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         # x: (B, T, d_model); memory: (B, S, d_model); tgt_mask: (B, 1, T, T) or None with a cache.
         # Packed (training): x (N, d_model) and memory (N_s, d_model) hold the real tokens only.
         # memory_groups g > 1 (beam search): x has g rows per memory row, (B * g, T, d_model).
+        # memory_lengths (B,): the real tokens of each memory row, a prefix (decoding: see TransformerState).
         self_weights = cross_weights = None
 
         def self_attend(h: Tensor) -> Tensor:
@@ -105,7 +107,8 @@ class DecoderLayer(nn.Module):
             if memory_groups > 1:  # the g rows of one source attend to it as g x T queries of one row
                 rows, t, d = h.shape
                 out, w = self.cross_attn(h.reshape(rows // memory_groups, memory_groups * t, d), memory=memory,
-                                         mask=src_mask, need_weights=need_weights, memory_kv=memory_kv)
+                                         mask=src_mask, need_weights=need_weights, memory_kv=memory_kv,
+                                         key_lengths=memory_lengths)
                 if w is not None:  # (B, H, g * T, S) -> (B * g, H, T, S)
                     b, heads, _, s = w.shape
                     w = w.view(b, heads, memory_groups, t, s).transpose(1, 2).reshape(rows, heads, t, s)
@@ -113,7 +116,7 @@ class DecoderLayer(nn.Module):
                 return out.reshape(rows, t, d)
             h, cross_weights = self.cross_attn(
                 h, memory=memory, mask=src_mask, need_weights=need_weights, memory_kv=memory_kv,
-                packing=packing, memory_packing=memory_packing,
+                packing=packing, memory_packing=memory_packing, key_lengths=memory_lengths,
             )
             return h
 
@@ -161,6 +164,7 @@ class Decoder(nn.Module):
         packing: Packing | None = None,
         memory_packing: Packing | None = None,
         memory_groups: int = 1,
+        memory_lengths: Tensor | None = None,
     ) -> tuple[Tensor, list, list]:
         self_weights, cross_weights = [], []
         for i, layer in enumerate(self.layers):
@@ -170,6 +174,7 @@ class Decoder(nn.Module):
                 cache_pos=cache_pos,
                 memory_kv=memory_kv[i] if memory_kv is not None else None,
                 packing=packing, memory_packing=memory_packing, memory_groups=memory_groups,
+                memory_lengths=memory_lengths,
             )
             self_weights.append(sw)
             cross_weights.append(cw)
@@ -193,6 +198,7 @@ class TransformerState:
     memory_kv: list[tuple[Tensor, Tensor]] | None = None  # cross-attention keys/values per layer, per source
     group: int = 1  # decoder rows per source
     fast_epoch: int = 0  # attnlab.layers.onednn: prepacked weights are re-checked once per decode
+    src_lengths: Tensor | None = None  # (n_sources,) real tokens per source when they are a prefix of the row
 
     @property
     def batch_size(self) -> int:
@@ -210,6 +216,8 @@ class TransformerState:
         if not (pick.numel() == n and torch.equal(pick, torch.arange(n, device=pick.device))):
             self.memory = self.memory.index_select(0, pick)
             self.src_mask = self.src_mask.index_select(0, pick)
+            if self.src_lengths is not None:
+                self.src_lengths = self.src_lengths.index_select(0, pick)
             if self.memory_kv is not None:
                 self.memory_kv = [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in self.memory_kv]
         self.group = group
@@ -223,6 +231,16 @@ class TransformerState:
         if self.group == 1:
             return self.memory, self.src_mask
         return self.memory.repeat_interleave(self.group, 0), self.src_mask.repeat_interleave(self.group, 0)
+
+
+def prefix_lengths(key_mask: Tensor) -> Tensor | None:
+    """For a key mask (B, 1, 1, S), True = real: the number of real keys per row (B,), or None unless
+    they are a prefix of every row (padding at the end, as attnlab pads)."""
+    b, s = key_mask.size(0), key_mask.size(-1)
+    mask = key_mask.reshape(b, s)
+    lengths = mask.sum(dim=-1)
+    prefix = torch.arange(s, device=mask.device) < lengths[:, None]
+    return lengths if torch.equal(mask, prefix) else None
 
 
 def check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
@@ -374,6 +392,7 @@ class Transformer(nn.Module):
         memory, src_mask, packed = self._encode_for_decoding(src)
         state = TransformerState(memory, src_mask, fast_epoch=new_epoch())
         if use_cache:
+            state.src_lengths = prefix_lengths(src_mask)
             b = memory.size(0)
             state.caches = [
                 KVCache(b, self.cfg.n_heads, max_len, self.cfg.head_dim, memory.dtype, memory.device)
@@ -396,6 +415,7 @@ class Transformer(nn.Module):
                 h, _, cross = self.decoder(
                     x, state.memory, state.src_mask, None, need_weights,
                     caches=state.caches, cache_pos=pos, memory_kv=state.memory_kv, memory_groups=state.group,
+                    memory_lengths=state.src_lengths,
                 )
                 logits = linear(self.output_projection, h[:, -1])
         else:  # recompute the whole prefix (the reference the cache must equal)

@@ -1,0 +1,160 @@
+"""The decoding attention kernel (attnlab.layers.decode_kernel): the same function as attention in
+float64, used by the cached decoder step, and a clean fallback where it cannot be compiled."""
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from attnlab import Transformer, TransformerConfig
+from attnlab.decoding import beam_search, greedy
+from attnlab.layers import decode_kernel
+from attnlab.models.transformer import prefix_lengths
+
+BOS, EOS, PAD = 1, 2, 0
+needs_kernel = pytest.mark.skipif(
+    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
+    reason="the decoding kernel needs Linux and a C compiler (cc); elsewhere PyTorch's kernels are used",
+)
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """Load the kernel anew, compiled into an empty cache directory."""
+    monkeypatch.setenv("ATTNLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(decode_kernel, "_state", {})
+    return tmp_path
+
+
+def reference(q, k, v, lengths):
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-1, -2) / q.size(-1) ** 0.5  # (B, H, T, S)
+    keep = torch.arange(k.size(2))[None] < lengths[:, None]  # (B, S)
+    scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    weights = torch.nan_to_num(scores.softmax(-1), nan=0.0)  # a row without keys: zeros
+    out = weights @ v  # (B, H, T, D)
+    return out.transpose(1, 2).reshape(q.size(0), q.size(2), -1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b, h, t, s, d", [(5, 4, 1, 9, 16), (3, 2, 4, 7, 8), (2, 8, 1, 33, 64), (1, 1, 1, 1, 4)])
+def test_kernel_equals_attention_in_float64_on_strided_layouts(b, h, t, s, d):
+    torch.manual_seed(0)
+    qkv = torch.randn(b, t, 3 * h * d)  # queries as the fused projection leaves them: (B, H, T, D) views
+    q = qkv[..., : h * d].view(b, t, h, d).transpose(1, 2)
+    cache = torch.randn(2, b, s + 3, h, d)  # the KV cache's (B, capacity, H, D) storage
+    k, v = cache[0, :, :s].transpose(1, 2), cache[1, :, :s].transpose(1, 2)
+    lengths = torch.randint(0, s + 1, (b,))
+    lengths[0] = s
+    assert decode_kernel.applies(q, k, v)
+    out = decode_kernel.decode_attention(q, k, v, lengths)
+    torch.testing.assert_close(out.double(), reference(q, k, v, lengths), atol=2e-6, rtol=1e-5)
+    everything = decode_kernel.decode_attention(q, k, v)  # no lengths: every key
+    torch.testing.assert_close(everything.double(), reference(q, k, v, torch.full((b,), s)), atol=2e-6, rtol=1e-5)
+
+
+@needs_kernel
+def test_a_row_without_keys_gets_zeros_and_bad_shapes_are_refused():
+    q, k = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 3, 4)
+    out = decode_kernel.decode_attention(q, k, k, torch.tensor([0, 3]))
+    assert torch.equal(out[0], torch.zeros(1, 8)) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        decode_kernel.decode_attention(q, k, k, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_kernel.decode_attention(q, k[:, :, :, :2], k, None)
+
+
+def test_not_applied_under_autograd_or_in_other_dtypes():
+    q, k = torch.randn(2, 2, 1, 4, requires_grad=True), torch.randn(2, 2, 3, 4)
+    assert not decode_kernel.applies(q, k, k)
+    assert not decode_kernel.applies(q.detach().double(), k.double(), k.double())
+    assert not decode_kernel.applies(q.detach().transpose(-1, -2), k, k)  # last dimension not contiguous
+
+
+def test_prefix_lengths():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)[:, None, None, :]
+    assert prefix_lengths(mask).tolist() == [2, 3, 0]
+    assert prefix_lengths(torch.tensor([[0, 1, 1]], dtype=torch.bool)[:, None, None, :]) is None  # padding first
+
+
+def model_and_sources():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=32, n_heads=4, n_layers=2,
+                                          d_ff=64, dropout=0.0)).eval()
+    with torch.no_grad():  # peaked, so that outputs vary by source
+        for p in model.parameters():
+            p.mul_(3.0)
+    src = torch.randint(3, 40, (6, 11))
+    src[1, 4:] = PAD
+    src[3, 1:] = PAD
+    return model, src
+
+
+@needs_kernel
+def test_decoding_uses_the_kernel_and_gives_the_tokens_of_pytorchs_kernels(monkeypatch):
+    model, src = model_and_sources()
+    calls = []
+    real = decode_kernel.decode_attention
+    monkeypatch.setattr(decode_kernel, "decode_attention", lambda *a: calls.append(a[3] is not None) or real(*a))
+    fast_greedy = greedy(model, src, max_len=12, bos_id=BOS, eos_id=EOS)
+    fast_beam = beam_search(model, src, beam_size=3, max_len=12, bos_id=BOS, eos_id=EOS)
+    assert True in calls and False in calls  # encoder-decoder attention (with lengths) and self-attention
+    with torch.no_grad():
+        state = model.init_decode(src, max_len=4)
+        fast_logits = [model.decode_step(torch.full((6, t), BOS), state)[0] for t in (1, 2, 3)]
+    monkeypatch.setattr(decode_kernel, "_state", {"fn": None})  # PyTorch's kernels only
+    calls.clear()
+    assert torch.equal(greedy(model, src, max_len=12, bos_id=BOS, eos_id=EOS), fast_greedy)
+    slow_beam = beam_search(model, src, beam_size=3, max_len=12, bos_id=BOS, eos_id=EOS)
+    assert [[h.tokens for h in row] for row in slow_beam] == [[h.tokens for h in row] for row in fast_beam]
+    with torch.no_grad():
+        state = model.init_decode(src, max_len=4)
+        for t, fast in zip((1, 2, 3), fast_logits):
+            slow = model.decode_step(torch.full((6, t), BOS), state)[0]
+            torch.testing.assert_close(fast / slow.abs().max(), slow / slow.abs().max(), atol=1e-5, rtol=0)
+    assert not calls
+
+
+@needs_kernel
+def test_padding_at_the_start_or_attention_pictures_take_pytorchs_kernels(monkeypatch):
+    model, src = model_and_sources()
+    left = torch.full_like(src, PAD)
+    left[:, 2:] = src[:, :9]  # padding first: the keys are not a prefix
+    calls = []
+    real = decode_kernel.decode_attention
+    monkeypatch.setattr(decode_kernel, "decode_attention", lambda *a: calls.append(a[3] is not None) or real(*a))
+    cached = greedy(model, left, max_len=10, bos_id=BOS, eos_id=EOS)
+    assert True not in calls  # encoder-decoder attention went to PyTorch's kernel (it has the mask)
+    assert torch.equal(cached, greedy(model, left, max_len=10, bos_id=BOS, eos_id=EOS, use_cache=False))
+    calls.clear()
+    greedy(model, src, max_len=5, bos_id=BOS, eos_id=EOS, return_attention=True)
+    assert not calls  # the weights are wanted: the explicit path
+
+
+@needs_kernel
+def test_the_kernel_is_compiled_once_into_the_cache_directory(fresh_kernel):
+    assert decode_kernel.kernel() is not None
+    built = list((fresh_kernel / "kernels").glob("decode_attention-*.so"))
+    assert len(built) == 1 and len(list((fresh_kernel / "kernels").iterdir())) == 1  # no temporary left
+    stamp = built[0].stat().st_mtime_ns
+    decode_kernel._state.clear()
+    assert decode_kernel.kernel() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_without_a_compiler_or_when_switched_off_decoding_falls_back(fresh_kernel, monkeypatch):
+    model, src = model_and_sources()
+    expected = greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS, use_cache=False)
+    monkeypatch.setenv("CC", "no-such-compiler-attnlab")
+    assert decode_kernel.kernel() is None
+    assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
+    monkeypatch.setattr(decode_kernel, "_state", {})
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then PyTorch's kernels
+    if shutil.which("false"):
+        with pytest.warns(RuntimeWarning, match="decoding attention kernel is not available"):
+            assert decode_kernel.kernel() is None
+    monkeypatch.setattr(decode_kernel, "_state", {})
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("ATTNLAB_KERNELS", "0")
+    assert decode_kernel.kernel() is None
+    assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
