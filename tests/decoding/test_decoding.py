@@ -208,8 +208,11 @@ def test_cached_beam_search_equals_recomputation_and_shares_the_source_between_b
         prefix = torch.full((6, 1), BOS)
         logits, _, w = model.decode_step(prefix, state, need_weights=True)
         ref_logits, _, ref_w = model.decode_step(prefix, expanded, need_weights=True)
-        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+        # the 5 sources are encoded packed, the 6 full-length copies unpacked: the kernels round differently,
+        # and the peaked model's logits are in the hundreds
+        scale = ref_logits.abs().max()
+        torch.testing.assert_close(logits / scale, ref_logits / scale, atol=2e-5, rtol=0)
+        torch.testing.assert_close(w, ref_w, atol=1e-4, rtol=0)  # a wrong source row would be off by ~0.1
         state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
         assert state.group == 1 and state.memory.size(0) == 3
         torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])
@@ -227,13 +230,15 @@ def test_decoding_encodes_the_real_source_tokens_only():
     padded = model.encode(src)
     real = src != PAD
     scale = padded.abs().max()
-    torch.testing.assert_close(state.memory[real] / scale, padded[real] / scale, atol=1e-6, rtol=0)
+    # packed attention (matmuls) vs the padded encoder's fused kernel: fp32 rounding apart (both are within
+    # ~4e-6 of float64 here, relative to the peaked model's largest value)
+    torch.testing.assert_close(state.memory[real] / scale, padded[real] / scale, atol=1e-5, rtol=0)
     assert float(state.memory[~real].abs().sum()) == 0.0
     for (k, v), layer in zip(state.memory_kv, model.decoder.layers):
         k_ref, v_ref = layer.cross_attn.project_kv(padded)
         keys = real[:, None, :, None].expand_as(k)
-        torch.testing.assert_close(k[keys] / scale, k_ref[keys] / scale, atol=1e-5, rtol=0)
-        torch.testing.assert_close(v[keys] / scale, v_ref[keys] / scale, atol=1e-5, rtol=0)
+        torch.testing.assert_close(k[keys] / scale, k_ref[keys] / scale, atol=3e-5, rtol=0)
+        torch.testing.assert_close(v[keys] / scale, v_ref[keys] / scale, atol=3e-5, rtol=0)
     full = torch.randint(3, 30, (2, 5))
     torch.testing.assert_close(model.init_decode(full, max_len=4).memory, model.encode(full))
 

@@ -133,3 +133,19 @@ def test_attention_dropout_takes_the_general_path(monkeypatch, dropout):
     tgt = torch.tensor([[1, 5, 6], [1, 4, 0]])
     model(torch.tensor([[5, 6, 7], [4, 0, 0]]), tgt, positions=tgt != 0)
     assert calls == []
+
+
+def test_inference_takes_the_packed_path_too(monkeypatch):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=4, n_layers=2, d_ff=64)
+    model = Transformer(cfg).eval()
+    src = torch.tensor([[5, 6, 7, 8, 2], [9, 4, 2, 0, 0], [3, 2, 0, 0, 0]])
+    tgt = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 4, 4, 0, 0, 0], [1, 3, 3, 3, 0, 0]])
+    calls = _count_packed_calls(monkeypatch)
+    with torch.no_grad():
+        packed = model(src, tgt, positions=tgt != 0)  # e.g. the validation loss
+        assert len(calls) == 3 * cfg.n_layers
+        memory, _ = model.encode_source(src)  # decoding's encoder, on the real source tokens
+        assert len(calls) == 4 * cfg.n_layers
+        torch.testing.assert_close(packed, model(src, tgt)[tgt != 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(memory, model.encode(src) * (src != 0)[..., None], atol=1e-5, rtol=1e-5)

@@ -18,12 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def cpu_fp32(x: Tensor) -> bool:
+    """Whether attnlab's hand-written CPU functions apply to `x`: CPU, float32, outside autocast and
+    outside torch.compile's / torch.jit's tracing (which see through plain ops)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
 def cpu_fp32_training(x: Tensor) -> bool:
-    """Whether attnlab's hand-written CPU training functions apply to `x`: the fused feed-forward network
-    (attnlab.layers.feed_forward) and packed attention (attnlab.layers.packed_attention). CPU, float32,
-    gradients on, outside autocast and outside torch.compile's tracing (which sees through plain ops)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+    """`cpu_fp32(x)` with gradients on: where the fused feed-forward network (attnlab.layers.feed_forward)
+    applies, which is written for training."""
+    return cpu_fp32(x) and torch.is_grad_enabled()
 
 
 def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
