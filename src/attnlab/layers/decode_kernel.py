@@ -11,8 +11,8 @@ encoder-decoder attention; a greedy decode of 100 sentences x 32 tokens 0.60 -> 
 It is compiled with the system's C compiler (`$CC`, else `cc`) the first time a decode needs it, in
 about a second, and kept in `$ATTNLAB_CACHE_DIR` (default `~/.cache/attnlab`) under a name that
 depends on the source, the flags and the CPU. Where that cannot happen (no compiler, not Linux, a
-PyTorch without GNU OpenMP, `ATTNLAB_KERNELS=0`), `decode_attention` returns None and the caller uses
-PyTorch's kernels: nothing else changes.
+PyTorch without GNU OpenMP, `ATTNLAB_KERNELS=0`), `kernel()` is None, `applies` is False and the caller
+uses PyTorch's kernels: nothing else changes.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from attnlab.layers.dropout import cpu_fp32
 
 SOURCE = Path(__file__).with_name("decode_attention.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared"]
@@ -113,16 +115,14 @@ def kernel():
 
 
 def applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    """CPU float32 inference on (B, H, T, D) queries and (B, H, S, D) keys/values with contiguous last
-    dimensions: the kernel's case."""
+    """CPU float32 inference (`cpu_fp32`, nothing that wants gradients) on (B, H, T, D) queries and
+    (B, H, S, D) keys/values with contiguous last dimensions: the kernel's case."""
     return (
-        q.device.type == "cpu"
-        and q.dtype == k.dtype == v.dtype == torch.float32
+        cpu_fp32(q)
+        and k.dtype == v.dtype == torch.float32
         and q.dim() == k.dim() == v.dim() == 4
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
         and kernel() is not None
     )
 
