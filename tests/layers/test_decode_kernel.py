@@ -23,7 +23,7 @@ needs_kernel = pytest.mark.skipif(
 def fresh_kernel(monkeypatch, tmp_path):
     """Load the kernel anew, compiled into an empty cache directory."""
     monkeypatch.setenv("ATTNLAB_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(decode_kernel, "_state", {})
+    monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     return tmp_path
 
 
@@ -103,7 +103,7 @@ def test_decoding_uses_the_kernel_and_gives_the_tokens_of_pytorchs_kernels(monke
     with torch.no_grad():
         state = model.init_decode(src, max_len=4)
         fast_logits = [model.decode_step(torch.full((6, t), BOS), state)[0] for t in (1, 2, 3)]
-    monkeypatch.setattr(decode_kernel, "_state", {"fn": None})  # PyTorch's kernels only
+    monkeypatch.setattr(decode_kernel.KERNELS, "state", {"fns": None})  # PyTorch's kernels only
     calls.clear()
     assert torch.equal(greedy(model, src, max_len=12, bos_id=BOS, eos_id=EOS), fast_greedy)
     slow_beam = beam_search(model, src, beam_size=3, max_len=12, bos_id=BOS, eos_id=EOS)
@@ -138,7 +138,7 @@ def test_the_kernel_is_compiled_once_into_the_cache_directory(fresh_kernel):
     built = list((fresh_kernel / "kernels").glob("decode_attention-*.so"))
     assert len(built) == 1 and len(list((fresh_kernel / "kernels").iterdir())) == 1  # no temporary left
     stamp = built[0].stat().st_mtime_ns
-    decode_kernel._state.clear()
+    decode_kernel.KERNELS.state.clear()
     assert decode_kernel.kernel() is not None and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
@@ -148,12 +148,12 @@ def test_without_a_compiler_or_when_switched_off_decoding_falls_back(fresh_kerne
     monkeypatch.setenv("CC", "no-such-compiler-attnlab")
     assert decode_kernel.kernel() is None
     assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
-    monkeypatch.setattr(decode_kernel, "_state", {})
+    monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then PyTorch's kernels
     if shutil.which("false"):
         with pytest.warns(RuntimeWarning, match="decoding attention kernel is not available"):
             assert decode_kernel.kernel() is None
-    monkeypatch.setattr(decode_kernel, "_state", {})
+    monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     monkeypatch.delenv("CC")
     monkeypatch.setenv("ATTNLAB_KERNELS", "0")
     assert decode_kernel.kernel() is None

@@ -7,7 +7,7 @@ from attnlab.layers.feed_forward import PositionwiseFeedForward, _ReluDropoutFFN
 
 def fixed_mask(monkeypatch, shape, p, seed=0):
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p
-    monkeypatch.setattr(ff, "drop_mask", lambda s, p_, device: mask)
+    monkeypatch.setattr(ff, "drop_relu_", lambda hidden, p_: hidden.masked_fill_(mask, 0).relu_())
     return mask
 
 

@@ -3,19 +3,34 @@
 Same function as torch.nn.Dropout: during training each element is zeroed with probability p and
 the survivors are scaled by 1 / (1 - p); in eval mode it is the identity. On the CPU the mask is
 drawn differently: PyTorch's `bernoulli_` draws one float per element from the CPU generator, which
-makes dropout one of the most expensive operations of a bf16 training step; here the mask comes from
-15-bit random integers, four per 64-bit draw of `random_` (an int64 draw viewed as four int16, each
-masked to its low 15 bits: ~7x fewer generator calls than one float per element, 2.7x fewer than one
-31-bit integer per element; p is resolved to 2^-15), is kept as bool (1 byte per element instead of
-2-4), and applied with an in-place fill.
+makes dropout one of the most expensive operations of a CPU training step.
+
+- In float32 on the CPU, where attnlab's C kernels can be had (attnlab.layers.cpu_kernels), dropout is
+  one pass of `dropout_kernel.c`: the mask comes from Philox4x32-10, a counter-based generator (the
+  mask of element i is a function of a seed and i; the seed is one draw from PyTorch's CPU generator,
+  so torch.manual_seed makes runs repeat), p resolved to 2^-16. Backward draws the same mask again
+  from the seed: no mask is kept. Measured on a 2-core AMD EPYC, (1100, 512) forward + backward
+  3.2 -> 0.3 ms; the feed-forward network's ReLU + dropout of (1100, 2048) in place 7.2 -> 0.6 ms.
+- Elsewhere the mask comes from 15-bit random integers, four per 64-bit draw of `random_` (an int64
+  draw viewed as four int16, each masked to its low 15 bits: ~7x fewer generator calls than one float
+  per element; p resolved to 2^-15), is kept as bool, and applied with an in-place fill.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attnlab.layers.cpu_kernels import Kernels
+
+_p, _i64 = ctypes.c_void_p, ctypes.c_int64
+KERNELS = Kernels("dropout_kernel.c", "dropout kernel", {
+    "attnlab_dropout": ([_p, _p, _i64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int], None),
+    "attnlab_random_bits16": ([_p, _i64, ctypes.c_uint64], None),
+})
 
 
 def cpu_fp32(x: Tensor) -> bool:
@@ -40,6 +55,54 @@ def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     return (lanes < int(round(p * 2**15))).view(shape)
 
 
+def kernel_applies(x: Tensor) -> bool:
+    """Whether the dropout kernel takes `x`: a contiguous float32 CPU tensor, not under tracing, with the
+    kernel compiled."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and KERNELS.get() is not None)
+
+
+def new_seed() -> int:
+    """A mask's seed: one 63-bit draw from PyTorch's CPU generator."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def _threshold(p: float) -> int:
+    return int(round(p * 2**16))
+
+
+def _apply(x: Tensor, out: Tensor, seed: int, p: float, scale: float, relu: bool) -> Tensor:
+    KERNELS.get().attnlab_dropout(x.data_ptr(), out.data_ptr(), x.numel(), seed, _threshold(p), scale, int(relu))
+    return out
+
+
+def kernel_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int) -> Tensor:
+    """The kernel's mask for `seed` (bool, True = dropped), as a tensor: for tests and inspection."""
+    bits = torch.empty(math.prod(shape), dtype=torch.int16)
+    KERNELS.get().attnlab_random_bits16(bits.data_ptr(), bits.numel(), seed)
+    return (bits.view(torch.uint16).to(torch.int32) < _threshold(p)).view(shape)
+
+
+class _KernelDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        ctx.seed, ctx.p = new_seed(), p
+        return _apply(x, torch.empty_like(x), ctx.seed, p, 1.0 / (1.0 - p), False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous()  # the same mask, drawn again from the seed
+        return _apply(grad, torch.empty_like(grad), ctx.seed, ctx.p, 1.0 / (1.0 - ctx.p), False), None
+
+
+def drop_relu_(hidden: Tensor, p: float) -> Tensor:
+    """In place: hidden = ReLU(hidden) with each unit zeroed with probability p, not scaled (the
+    feed-forward network's fused training path carries the 1 / (1 - p))."""
+    if kernel_applies(hidden):
+        return _apply(hidden, hidden, new_seed(), p, 1.0, True)
+    return hidden.masked_fill_(drop_mask(hidden.shape, p, hidden.device), 0).relu_()
+
+
 class _CPUDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
@@ -61,6 +124,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu" or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
+    if kernel_applies(x):
+        return _KernelDropout.apply(x, p)
     return _CPUDropout.apply(x, p)
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from attnlab.layers.dropout import Dropout, cpu_fp32_training, drop_mask
+from attnlab.layers.dropout import Dropout, cpu_fp32_training, drop_relu_
 from attnlab.layers.onednn import linear
 
 
@@ -29,7 +29,7 @@ class _ReluDropoutFFN(torch.autograd.Function):
     def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,  # type: ignore[override]
                 p: float) -> Tensor:
         hidden = _matmul(x, w1.t(), bias=b1)  # (N, d_ff)
-        hidden.masked_fill_(drop_mask(hidden.shape, p, hidden.device), 0).relu_()  # dropped, unscaled
+        drop_relu_(hidden, p)  # dropped, unscaled
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(x, w1, w2, hidden)
         ctx.scale, ctx.biases = scale, (b1 is not None, b2 is not None)
