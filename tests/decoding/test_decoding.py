@@ -215,7 +215,9 @@ def test_cached_beam_search_equals_recomputation_and_shares_the_source_between_b
         torch.testing.assert_close(w, ref_w, atol=1e-4, rtol=0)  # a wrong source row would be off by ~0.1
         state.reorder(torch.tensor([0, 3, 1]))  # irregular: one source copy per row
         assert state.group == 1 and state.memory.size(0) == 3
-        torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]])
+        # packed vs unpadded encoder again: both are within ~7e-5 of float64 on this peaked model; a wrong
+        # row would be off by ~1
+        torch.testing.assert_close(state.memory, expanded.memory[[0, 3, 1]], atol=1e-4, rtol=0)
 
 
 @torch.no_grad()  # as the decoders run

@@ -1,4 +1,8 @@
 """Packed head-major attention (training path): same values and gradients as the padded attention."""
+import os
+import shutil
+import sys
+
 import pytest
 import torch
 
@@ -91,9 +95,10 @@ def test_attention_groups_sort_by_length_and_keep_groups_large():
 
 
 def _count_packed_calls(monkeypatch):
+    """Calls of either packed path: PyTorch's batched matmuls or the C kernel."""
     calls = []
-    real = packed_module._PackedAttention.apply
-    monkeypatch.setattr(packed_module._PackedAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    for fn in (packed_module._PackedAttention, packed_module._KernelPackedAttention):
+        monkeypatch.setattr(fn, "apply", lambda *a, real=fn.apply: calls.append(1) or real(*a))
     return calls
 
 
@@ -149,3 +154,108 @@ def test_inference_takes_the_packed_path_too(monkeypatch):
         assert len(calls) == 4 * cfg.n_layers
         torch.testing.assert_close(packed, model(src, tgt)[tgt != 0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(memory, model.encode(src) * (src != 0)[..., None], atol=1e-5, rtol=1e-5)
+
+
+# ---- the C kernel (packed_attention.c): float32, the packings' own masks -------------------------
+needs_kernel = pytest.mark.skipif(
+    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
+    reason="the packed attention kernel needs Linux and a C compiler (cc); elsewhere PyTorch's matmuls are used",
+)
+
+
+def long_packings():
+    """Lengths 1-40: key blocks of 8 and of 4 x 8 in the kernel, a query of one token, a longest row."""
+    tgt_len, src_len = torch.tensor([7, 3, 1, 5, 40, 33]), torch.tensor([6, 2, 4, 1, 37, 9])
+    t, s = int(tgt_len.max()), int(src_len.max())
+    return Packing(torch.arange(t)[None] < tgt_len[:, None]), Packing(torch.arange(s)[None] < src_len[:, None])
+
+
+def kernel_versus_float64(x_q, x_kv, p_q, p_kv, mask, heads_):
+    """The kernel's output and gradients in float32 against the padded attention in float64."""
+    out = packed_attention(x_q, x_kv, p_q, None if x_kv is None else p_kv, mask, heads_)
+    assert type(out.grad_fn).__name__ == "_KernelPackedAttentionBackward"
+    inputs = (x_q,) if x_kv is None else (x_q, x_kv)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, inputs, grad)
+    wide = [x.detach().double().requires_grad_() for x in inputs]
+    d = out.size(1)
+    h = d // heads_
+
+    def split(x):
+        return x.view(x.size(0), x.size(1), heads_, h).transpose(1, 2)
+
+    if x_kv is None:
+        q, k, v = wide[0].split(d, dim=-1)
+    else:
+        q, (k, v) = wide[0], wide[1].split(d, dim=-1)
+    ref, _ = scaled_dot_product_attention(split(p_q.unpack(q)), split(p_kv.unpack(k)), split(p_kv.unpack(v)), mask)
+    ref = p_q.pack(ref.transpose(1, 2).reshape(p_q.batch, p_q.length, d))
+    theirs = torch.autograd.grad(ref, wide, grad.double())
+    torch.testing.assert_close(out.double(), ref, atol=3e-6, rtol=1e-5)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("d_k", [8, 12, 40, 64])  # chunks of 8, a scalar tail, 32 + 8, 2 x 32
+def test_kernel_equals_float64_attention_causal_padding_and_cross(d_k):
+    torch.manual_seed(d_k)
+    p_t, p_s = long_packings()
+    qkv = torch.randn(p_t.n_tokens, 3 * 3 * d_k, requires_grad=True)
+    kernel_versus_float64(qkv, None, p_t, p_t, p_t.key_mask & causal_mask(p_t.length, qkv.device), 3)  # decoder
+    kernel_versus_float64(qkv, None, p_t, p_t, p_t.key_mask, 3)  # encoder: padding only
+    q = torch.randn(p_t.n_tokens, 3 * d_k, requires_grad=True)
+    kv = torch.randn(p_s.n_tokens, 2 * 3 * d_k, requires_grad=True)
+    kernel_versus_float64(q, kv, p_t, p_s, p_s.key_mask, 3)
+
+
+@needs_kernel
+def test_kernel_results_do_not_depend_on_the_threads():
+    torch.manual_seed(0)
+    p_t, _ = long_packings()
+    qkv = torch.randn(p_t.n_tokens, 3 * 32, requires_grad=True)
+    mask = p_t.key_mask & causal_mask(p_t.length, qkv.device)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            out = packed_attention(qkv, None, p_t, None, mask, 4)
+            results.append((out, torch.autograd.grad(out, qkv, torch.ones_like(out))[0]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@needs_kernel
+def test_other_masks_and_other_dtypes_take_pytorchs_path(monkeypatch):
+    torch.manual_seed(0)
+    p, _ = packings()
+    calls = []
+    real = packed_module._PackedAttention.apply
+    monkeypatch.setattr(packed_module._PackedAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    qkv = torch.randn(p.n_tokens, 3 * D)
+    holey = (p.key_mask & causal_mask(T, qkv.device)).clone()
+    holey[0, 0, 3, 1] = False  # not the packing's own mask
+    out = packed_attention(qkv, None, p, None, holey, H)
+    assert calls == [1]
+    torch.testing.assert_close(out, padded_reference(p, p, *qkv.chunk(3, dim=-1), holey), atol=1e-6, rtol=1e-5)
+    packed_attention(qkv.double(), None, p, None, p.key_mask, H)
+    assert calls == [1, 1]
+    packed_attention(qkv, None, p, None, p.key_mask, H)
+    assert calls == [1, 1]  # the kernel
+
+
+def test_without_the_kernel_pytorchs_path_gives_the_same(monkeypatch):
+    torch.manual_seed(0)
+    p, _ = packings()
+    qkv = torch.randn(p.n_tokens, 3 * D, requires_grad=True)
+    mask = p.key_mask & causal_mask(T, qkv.device)
+    out = packed_attention(qkv, None, p, None, mask, H)
+    grad = torch.autograd.grad(out, qkv, torch.ones_like(out))[0]
+    monkeypatch.setattr(packed_module.KERNELS, "state", {"fns": None})
+    p2, _ = packings()  # a fresh batch: its plan is made without the kernel
+    out2 = packed_attention(qkv, None, p2, None, p2.key_mask & causal_mask(T, qkv.device), H)
+    assert type(out2.grad_fn).__name__ == "_PackedAttentionBackward"
+    torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(out2, qkv, torch.ones_like(out2))[0], grad, atol=1e-5, rtol=1e-5)

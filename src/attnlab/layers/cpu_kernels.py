@@ -9,8 +9,9 @@ then the kernel is not used). Where a kernel cannot be had (no compiler, not Lin
 OpenMP, `ATTNLAB_KERNELS=0`, a failing compile) `Kernels.get()` is None and the caller uses PyTorch's
 operations: nothing else changes.
 
-Kernels: decode_attention.c (the decoder step's attention, attnlab.layers.decode_kernel) and
-dropout_kernel.c (dropout with a counter-based mask, attnlab.layers.dropout).
+Kernels: decode_attention.c (the decoder step's attention, attnlab.layers.decode_kernel),
+dropout_kernel.c (dropout with a counter-based mask, attnlab.layers.dropout) and packed_attention.c
+(attention on packed rows, forward and backward, attnlab.layers.packed_attention).
 """
 from __future__ import annotations
 

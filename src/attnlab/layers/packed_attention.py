@@ -14,19 +14,38 @@ each group is padded to its own longest sentence, not the batch's, which cuts th
 work: forward + backward of one `base` self-attention (64 sentences of 8-30 tokens, 8 heads) took 19.4 ms
 in one group, 15.7 ms in two and 13.9 ms in four (2-core AMD EPYC).
 
+Where attnlab's C kernels can be had (attnlab.layers.cpu_kernels) and the mask is the packing's own
+(padding, or padding and causal), `packed_attention.c` does all of it on the packed rows themselves:
+for each (sentence, head) the scores, softmax and weighted sum forward, and the four gradient products
+backward, written straight into the rows of the gradient; no padding, no head-major copies. Measured
+on a 2-core AMD EPYC, `base` training (64 sentences, 8 heads, 18 attention layers a step), attention
+forward + backward over 4 steps (profiler): 0.64 s with the batched matmuls -> 0.32 s; one self-attention
+~4.5 ms forward + backward.
+
 It computes softmax(Q K^T / sqrt(d_k)) V with the same masks (bool, True = may attend) as
 attnlab.layers.attention.scaled_dot_product_attention, without dropout on the weights, for masks that
 leave every query at least one key (the caller checks).
 """
 from __future__ import annotations
 
+import ctypes
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from attnlab.layers.cpu_kernels import Kernels
+from attnlab.layers.masks import causal_mask
 from attnlab.layers.packing import Packing
+
+_p, _i64 = ctypes.c_void_p, ctypes.c_int64
+_COMMON = [_p, _i64, _p, _p, _i64, _p, _p, _p, _p, _p, _i64, _i64, _i64, ctypes.c_int, ctypes.c_float]
+KERNELS = Kernels("packed_attention.c", "packed attention kernel", {
+    "attnlab_packed_attention_forward": (_COMMON + [_p, _i64, _p], None),
+    "attnlab_packed_attention_backward": (_COMMON + [_p, _p, _i64, _p, _i64, _p, _p, _i64], None),
+})
 
 
 def attention_groups(packing: Packing, max_groups: int = 4, min_sentences: int = 16) -> list[Tensor]:
@@ -147,6 +166,98 @@ class _PackedAttention(torch.autograd.Function):
         return d_q, d_kv, None, None, None, None
 
 
+@dataclass
+class _Plan:
+    """Where each sentence's rows are, for the kernel: starts and lengths (B,) of the queries' and the
+    keys' rows, each (sentence, head)'s offset into the saved weights, and whether attention is causal."""
+    mask: Tensor  # the mask this plan was checked against (kept: the cache is keyed on it)
+    q_start: Tensor
+    q_len: Tensor
+    k_start: Tensor
+    k_len: Tensor
+    p_offset: Tensor
+    p_total: int
+    causal: bool
+
+
+def _starts(lengths: Tensor) -> Tensor:
+    return (torch.cumsum(lengths, 0) - lengths).contiguous()
+
+
+def _kernel_plan(q_packing: Packing, kv_packing: Packing, mask: Tensor, n_heads: int, self_attention: bool) -> _Plan | None:
+    """The kernel's plan when it can take this attention (the mask is the packings' own: padding of the
+    keys, and causal for self-attention of as many queries as keys), else None; checked once per mask and
+    batch, kept on the queries' packing."""
+    key = ("kernel", id(mask), id(kv_packing), n_heads, self_attention)
+    cache = q_packing.layouts
+    hit = cache.get(key)
+    if hit is not None and (hit is False or hit.mask is mask):
+        return hit or None
+    plan: _Plan | bool = False
+    if KERNELS.get() is not None and mask.dtype == torch.bool and mask.dim() == 4 and mask.size(1) == 1:
+        keys = kv_packing.keep[:, None, None, :]  # (B, 1, 1, S)
+        causal = None
+        if mask.shape == keys.shape and torch.equal(mask, keys):
+            causal = False
+        elif (self_attention and mask.shape == (q_packing.batch, 1, q_packing.length, q_packing.length)
+              and torch.equal(mask, keys & causal_mask(q_packing.length, mask.device))):
+            causal = True
+        if causal is not None:
+            q_len = q_packing.keep.sum(1).to(torch.int64)
+            k_len = kv_packing.keep.sum(1).to(torch.int64)
+            sizes = q_len * k_len * n_heads
+            plan = _Plan(mask, _starts(q_len), q_len.contiguous(), _starts(k_len), k_len.contiguous(), _starts(sizes),
+                         int(sizes.sum()), causal)
+    cache[key] = plan
+    return plan or None
+
+
+def _addr(t: Tensor, columns: int = 0) -> int:
+    return t.data_ptr() + columns * t.element_size()
+
+
+class _KernelPackedAttention(torch.autograd.Function):
+    """packed_attention through packed_attention.c (float32 on the CPU); saves the inputs and the
+    weights P for backward."""
+
+    @staticmethod
+    def forward(ctx, x_q: Tensor, x_kv: Tensor | None, plan: _Plan, n_heads: int) -> Tensor:  # type: ignore[override]
+        x_q = x_q.contiguous()
+        x_kv = None if x_kv is None else x_kv.contiguous()
+        d = x_q.size(1) // 3 if x_kv is None else x_q.size(1)
+        d_k = d // n_heads
+        scale = 1.0 / math.sqrt(d_k)
+        kv, kv_off = (x_q, d) if x_kv is None else (x_kv, 0)
+        out = x_q.new_empty(x_q.size(0), d)
+        probs = x_q.new_empty(max(1, plan.p_total))
+        KERNELS.get().attnlab_packed_attention_forward(
+            x_q.data_ptr(), x_q.size(1), _addr(kv, kv_off), _addr(kv, kv_off + d), kv.size(1),
+            plan.q_start.data_ptr(), plan.q_len.data_ptr(), plan.k_start.data_ptr(), plan.k_len.data_ptr(),
+            plan.p_offset.data_ptr(), plan.q_len.numel(), n_heads, d_k, int(plan.causal), scale,
+            out.data_ptr(), d, probs.data_ptr())
+        ctx.save_for_backward(x_q, x_kv, probs)
+        ctx.plan, ctx.n_heads, ctx.scale = plan, n_heads, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x_q, x_kv, probs = ctx.saved_tensors
+        plan, n_heads = ctx.plan, ctx.n_heads
+        grad_out = grad_out.contiguous()
+        d = grad_out.size(1)
+        kv, kv_off = (x_q, d) if x_kv is None else (x_kv, 0)
+        d_q = torch.empty_like(x_q)  # self-attention: [dQ | dK | dV], as the fused projection's output
+        d_kv, d_kv_off = (d_q, d) if x_kv is None else (torch.empty_like(x_kv), 0)
+        KERNELS.get().attnlab_packed_attention_backward(
+            x_q.data_ptr(), x_q.size(1), _addr(kv, kv_off), _addr(kv, kv_off + d), kv.size(1),
+            plan.q_start.data_ptr(), plan.q_len.data_ptr(), plan.k_start.data_ptr(), plan.k_len.data_ptr(),
+            plan.p_offset.data_ptr(), plan.q_len.numel(), n_heads, d // n_heads, int(plan.causal), ctx.scale,
+            probs.data_ptr(), grad_out.data_ptr(), d, d_q.data_ptr(), x_q.size(1),
+            _addr(d_kv, d_kv_off), _addr(d_kv, d_kv_off + d), d_kv.size(1))
+        return d_q, (None if x_kv is None else d_kv), None, None
+
+
 def packed_attention(x_q: Tensor, x_kv: Tensor | None, q_packing: Packing, kv_packing: Packing | None,
                      mask: Tensor, n_heads: int) -> Tensor:
     """Multi-head attention of packed rows; returns the concatenated heads, packed (N, d_model).
@@ -155,4 +266,9 @@ def packed_attention(x_q: Tensor, x_kv: Tensor | None, q_packing: Packing, kv_pa
     - encoder-decoder attention: x_q = Q (N, d_model), x_kv = [K | V] (N_s, 2 d_model) of kv_packing's rows.
     mask: bool, broadcastable to (B, 1, T, S), True = may attend; every query must keep a key.
     """
-    return _PackedAttention.apply(x_q, x_kv, q_packing, q_packing if kv_packing is None else kv_packing, mask, n_heads)
+    kv_packing = q_packing if kv_packing is None else kv_packing
+    if x_q.dtype == torch.float32 and x_q.device.type == "cpu":
+        plan = _kernel_plan(q_packing, kv_packing, mask, n_heads, x_kv is None)
+        if plan is not None:
+            return _KernelPackedAttention.apply(x_q, x_kv, plan, n_heads)
+    return _PackedAttention.apply(x_q, x_kv, q_packing, kv_packing, mask, n_heads)
