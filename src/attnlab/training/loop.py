@@ -35,6 +35,7 @@ from attnlab.training.checkpoint import (
 from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import agree, gather_rng_states, is_main_process, on_rank0
 from attnlab.training.loss import label_smoothed_nll, projected_label_smoothed_nll
+from attnlab.training.memory import keep_freed_memory
 from attnlab.training.schedule import inverse_sqrt_schedule
 
 Example = tuple[Any, list[int]]  # (source ids or image, target ids BOS ... EOS)
@@ -99,6 +100,8 @@ class Trainer:
 
         model.to(self.device)
         self.model = model
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults on the activation buffers of every step (training/memory.py)
         self.has_aux = hasattr(model, "forward_with_aux")
         # the model can return the logits of chosen target positions only (attnlab.layers.packing)
         self.packed = bool(getattr(model, "trains_packed", False)) and not self.has_aux
