@@ -259,3 +259,14 @@ def test_without_the_kernel_pytorchs_path_gives_the_same(monkeypatch):
     assert type(out2.grad_fn).__name__ == "_PackedAttentionBackward"
     torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(torch.autograd.grad(out2, qkv, torch.ones_like(out2))[0], grad, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_passes_nan_on_like_pytorchs_softmax():
+    torch.manual_seed(0)
+    p_t, _ = long_packings()
+    qkv = torch.randn(p_t.n_tokens, 3 * 32)
+    qkv[4, 0] = float("nan")  # a query of sentence 0 (lengths 7, ...): row 4
+    out = packed_attention(qkv, None, p_t, None, p_t.key_mask, 4)
+    assert torch.isnan(out[4, :8]).all()  # its first head
+    assert torch.isfinite(out[7:]).all()  # other sentences are untouched

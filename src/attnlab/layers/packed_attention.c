@@ -26,6 +26,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* e^x for x <= 0 (the softmax's shifted scores), Cephes' expf: x = k ln 2 + r, |r| <= ln 2 / 2, a degree-6
+ * polynomial for e^r, 2^k through the exponent bits; within 2 ulp of expf, 0 below -87, NaN for NaN */
+static inline __m256 exp8(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x); /* NaN stays NaN */
+  __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+#endif
+
 typedef float v8 __attribute__((vector_size(32)));
 
 static inline v8 load8(const float *p) {
@@ -38,24 +61,30 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 
-/* out[0..D) = sum_{r < count} coef[r * cstride] * rows[r * rstride + 0..D) */
+/* out[0..D) = sum_{r < count} coef[r * cstride] * rows[r * rstride + 0..D); chunks of 64 floats in eight
+ * independent sums (FMA latency, not the loads, would bound fewer) */
 static void combine(float *out, int64_t D, const float *coef, int64_t cstride, const float *rows, int64_t rstride,
                     int64_t count) {
   int64_t c = 0;
-  for (; c + 32 <= D; c += 32) {
-    v8 a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
+  for (; c + 64 <= D; c += 64) {
+    v8 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = splat(0.f);
     for (int64_t r = 0; r < count; ++r) {
       const v8 w = splat(coef[r * cstride]);
       const float *x = rows + r * rstride + c;
-      a0 += w * load8(x);
-      a1 += w * load8(x + 8);
-      a2 += w * load8(x + 16);
-      a3 += w * load8(x + 24);
+      for (int u = 0; u < 8; ++u) a[u] += w * load8(x + 8 * u);
     }
-    store8(out + c, a0);
-    store8(out + c + 8, a1);
-    store8(out + c + 16, a2);
-    store8(out + c + 24, a3);
+    for (int u = 0; u < 8; ++u) store8(out + c + 8 * u, a[u]);
+  }
+  for (; c + 32 <= D; c += 32) {
+    v8 a[4];
+    for (int u = 0; u < 4; ++u) a[u] = splat(0.f);
+    for (int64_t r = 0; r < count; ++r) {
+      const v8 w = splat(coef[r * cstride]);
+      const float *x = rows + r * rstride + c;
+      for (int u = 0; u < 4; ++u) a[u] += w * load8(x + 8 * u);
+    }
+    for (int u = 0; u < 4; ++u) store8(out + c + 8 * u, a[u]);
   }
   for (; c + 8 <= D; c += 8) {
     v8 a = splat(0.f);
@@ -69,28 +98,70 @@ static void combine(float *out, int64_t D, const float *coef, int64_t cstride, c
   }
 }
 
-/* out[j] = a . b_j for the first 8 * blocks columns of bt (D x Sp, column j = b_j) */
-static void dots(float *out, const float *a, int64_t D, const float *bt, int64_t Sp, int64_t blocks) {
-  int64_t jb = 0;
-  for (; jb + 4 <= blocks; jb += 4) {
-    v8 a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t d = 0; d < D; ++d) {
-      const v8 w = splat(a[d]);
-      const float *row = bt + d * Sp + 8 * jb;
-      a0 += w * load8(row);
-      a1 += w * load8(row + 8);
-      a2 += w * load8(row + 16);
-      a3 += w * load8(row + 24);
+/* out[r * Sp + j] = a_r . b_j for rows a_r = a + r * a_stride (r < R) and the first 8 * blocks columns of
+ * bt (D x Sp, column j = b_j). Four rows and two column blocks at a time: eight independent sums that
+ * share each load of bt. */
+static void dots(float *out, const float *a, int64_t a_stride, int64_t R, int64_t D, const float *bt, int64_t Sp,
+                 int64_t blocks) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) {
+    const float *a0 = a + r * a_stride, *a1 = a0 + a_stride, *a2 = a1 + a_stride, *a3 = a2 + a_stride;
+    float *o = out + r * Sp;
+    int64_t jb = 0;
+    for (; jb + 2 <= blocks; jb += 2) {
+      v8 s00 = splat(0.f), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+      for (int64_t d = 0; d < D; ++d) {
+        const float *col = bt + d * Sp + 8 * jb;
+        const v8 k0 = load8(col), k1 = load8(col + 8);
+        v8 w = splat(a0[d]);
+        s00 += w * k0;
+        s01 += w * k1;
+        w = splat(a1[d]);
+        s10 += w * k0;
+        s11 += w * k1;
+        w = splat(a2[d]);
+        s20 += w * k0;
+        s21 += w * k1;
+        w = splat(a3[d]);
+        s30 += w * k0;
+        s31 += w * k1;
+      }
+      store8(o + 8 * jb, s00);
+      store8(o + 8 * jb + 8, s01);
+      store8(o + Sp + 8 * jb, s10);
+      store8(o + Sp + 8 * jb + 8, s11);
+      store8(o + 2 * Sp + 8 * jb, s20);
+      store8(o + 2 * Sp + 8 * jb + 8, s21);
+      store8(o + 3 * Sp + 8 * jb, s30);
+      store8(o + 3 * Sp + 8 * jb + 8, s31);
     }
-    store8(out + 8 * jb, a0);
-    store8(out + 8 * jb + 8, a1);
-    store8(out + 8 * jb + 16, a2);
-    store8(out + 8 * jb + 24, a3);
+    if (jb < blocks) {
+      v8 s0 = splat(0.f), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t d = 0; d < D; ++d) {
+        const v8 k0 = load8(bt + d * Sp + 8 * jb);
+        s0 += splat(a0[d]) * k0;
+        s1 += splat(a1[d]) * k0;
+        s2 += splat(a2[d]) * k0;
+        s3 += splat(a3[d]) * k0;
+      }
+      store8(o + 8 * jb, s0);
+      store8(o + Sp + 8 * jb, s1);
+      store8(o + 2 * Sp + 8 * jb, s2);
+      store8(o + 3 * Sp + 8 * jb, s3);
+    }
   }
-  for (; jb < blocks; ++jb) {
-    v8 acc = splat(0.f);
-    for (int64_t d = 0; d < D; ++d) acc += splat(a[d]) * load8(bt + d * Sp + 8 * jb);
-    store8(out + 8 * jb, acc);
+  for (; r < R; ++r) {
+    const float *ar = a + r * a_stride;
+    for (int64_t jb = 0; jb < blocks; ++jb) {
+      v8 s0 = splat(0.f), s1 = s0; /* even and odd d: two sums */
+      int64_t d = 0;
+      for (; d + 2 <= D; d += 2) {
+        s0 += splat(ar[d]) * load8(bt + d * Sp + 8 * jb);
+        s1 += splat(ar[d + 1]) * load8(bt + (d + 1) * Sp + 8 * jb);
+      }
+      if (d < D) s0 += splat(ar[d]) * load8(bt + d * Sp + 8 * jb);
+      store8(out + r * Sp + 8 * jb, s0 + s1);
+    }
   }
 }
 
@@ -99,6 +170,34 @@ static void transpose_in(float *bt, const float *rows, int64_t rstride, int64_t 
   for (int64_t d = 0; d < D; ++d) memset(bt + d * Sp + S, 0, (size_t)(Sp - S) * sizeof(float));
   for (int64_t j = 0; j < S; ++j)
     for (int64_t d = 0; d < D; ++d) bt[d * Sp + j] = rows[j * rstride + d];
+}
+
+/* p[0..S) = softmax_j(scale * row[j]) over j < n, zeros for n <= j < S; row holds 8 * ceil(n / 8) floats
+ * (it is overwritten) */
+static void softmax_row(float *p, float *row, int64_t n, int64_t S, float scale) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
+  float sum = 0.f;
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm), vs));
+    _mm256_storeu_ps(row + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int l = 0; l < 8; ++l) sum += lanes[l];
+#endif
+  for (; j < n; ++j) {
+    row[j] = expf((row[j] - m) * scale);
+    sum += row[j];
+  }
+  const float inv = 1.f / sum;
+  for (j = 0; j < n; ++j) p[j] = row[j] * inv;
+  for (; j < S; ++j) p[j] = 0.f;
 }
 
 void attnlab_packed_attention_forward(const float *q, int64_t q_stride, const float *k, const float *v,
@@ -111,31 +210,27 @@ void attnlab_packed_attention_forward(const float *q, int64_t q_stride, const fl
     const int64_t b = task / H, h = task % H, T = q_len[b], S = k_len[b];
     if (T <= 0) continue;
     const int64_t Sp = (S + 7) / 8 * 8;
-    float *kt = malloc((size_t)(D * Sp + Sp) * sizeof(float) + 32);
-    float *row = kt + D * Sp;
+    float *kt = malloc((size_t)(D * Sp + 4 * Sp) * sizeof(float) + 32);
+    float *rows = kt + D * Sp; /* the scores of up to 4 queries */
     transpose_in(kt, k + k_start[b] * kv_stride + h * D, kv_stride, S, Sp, D);
     float *P = probs + p_offset[b] + h * T * S;
-    for (int64_t i = 0; i < T; ++i) {
-      const int64_t n = causal ? (i + 1 < S ? i + 1 : S) : S;
-      float *o = out + (q_start[b] + i) * out_stride + h * D;
-      float *p = P + i * S;
-      if (n <= 0) {
-        memset(o, 0, (size_t)D * sizeof(float));
-        memset(p, 0, (size_t)S * sizeof(float));
-        continue;
+    for (int64_t i0 = 0; i0 < T; i0 += 4) {
+      const int64_t R = T - i0 < 4 ? T - i0 : 4;
+      const int64_t last = i0 + R - 1; /* causal: the group's last query sees the most keys */
+      const int64_t n_max = causal ? (last + 1 < S ? last + 1 : S) : S;
+      if (n_max > 0) dots(rows, q + (q_start[b] + i0) * q_stride + h * D, q_stride, R, D, kt, Sp, (n_max + 7) / 8);
+      for (int64_t i = i0; i <= last; ++i) {
+        const int64_t n = causal ? (i + 1 < S ? i + 1 : S) : S;
+        float *o = out + (q_start[b] + i) * out_stride + h * D;
+        float *p = P + i * S;
+        if (n <= 0) {
+          memset(o, 0, (size_t)D * sizeof(float));
+          memset(p, 0, (size_t)S * sizeof(float));
+          continue;
+        }
+        softmax_row(p, rows + (i - i0) * Sp, n, S, scale);
+        combine(o, D, p, 1, v + k_start[b] * kv_stride + h * D, kv_stride, n);
       }
-      dots(row, q + (q_start[b] + i) * q_stride + h * D, D, kt, Sp, (n + 7) / 8);
-      float m = -INFINITY;
-      for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
-      float sum = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        p[j] = expf((row[j] - m) * scale);
-        sum += p[j];
-      }
-      const float inv = 1.f / sum;
-      for (int64_t j = 0; j < n; ++j) p[j] *= inv;
-      for (int64_t j = n; j < S; ++j) p[j] = 0.f;
-      combine(o, D, p, 1, v + k_start[b] * kv_stride + h * D, kv_stride, n);
     }
     free(kt);
   }
@@ -165,11 +260,15 @@ void attnlab_packed_attention_backward(const float *q, int64_t q_stride, const f
     float *ds = vt + D * Sp; /* T x Sp */
     transpose_in(vt, vb, kv_stride, S, Sp, D);
     const float *P = probs + p_offset[b] + h * T * S;
+    for (int64_t i0 = 0; i0 < T; i0 += 4) { /* dP, 4 queries at a time, into ds */
+      const int64_t R = T - i0 < 4 ? T - i0 : 4, last = i0 + R - 1;
+      const int64_t n_max = causal ? (last + 1 < S ? last + 1 : S) : S;
+      if (n_max > 0) dots(ds + i0 * Sp, gb + i0 * dout_stride, dout_stride, R, D, vt, Sp, (n_max + 7) / 8);
+    }
     for (int64_t i = 0; i < T; ++i) {
       const int64_t n = causal ? (i + 1 < S ? i + 1 : S) : S;
       float *dsi = ds + i * Sp;
       const float *p = P + i * S;
-      if (n > 0) dots(dsi, gb + i * dout_stride, D, vt, Sp, (n + 7) / 8); /* dP */
       float dot = 0.f;
       for (int64_t j = 0; j < n; ++j) dot += p[j] * dsi[j];
       for (int64_t j = 0; j < n; ++j) dsi[j] = p[j] * (dsi[j] - dot) * scale;
