@@ -33,11 +33,15 @@ KERNELS = Kernels("dropout_kernel.c", "dropout kernel", {
 })
 
 
+def _cpu_fp32_eager(x: Tensor) -> bool:
+    """CPU, float32, outside torch.compile's / torch.jit's tracing (which see through plain ops)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
+
+
 def cpu_fp32(x: Tensor) -> bool:
-    """Whether attnlab's hand-written CPU functions apply to `x`: CPU, float32, outside autocast and
-    outside torch.compile's / torch.jit's tracing (which see through plain ops)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+    """Whether attnlab's hand-written CPU functions apply to `x`: `_cpu_fp32_eager` and outside autocast."""
+    return _cpu_fp32_eager(x) and not torch.is_autocast_enabled("cpu")
 
 
 def cpu_fp32_training(x: Tensor) -> bool:
@@ -56,10 +60,9 @@ def drop_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
 
 
 def kernel_applies(x: Tensor) -> bool:
-    """Whether the dropout kernel takes `x`: a contiguous float32 CPU tensor, not under tracing, with the
-    kernel compiled."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and KERNELS.get() is not None)
+    """Whether the dropout kernel takes `x`: a contiguous float32 CPU tensor, not under tracing (autocast
+    does not matter: dropout is not an autocast operation), with the kernel compiled."""
+    return _cpu_fp32_eager(x) and x.is_contiguous() and KERNELS.get() is not None
 
 
 def new_seed() -> int:

@@ -61,36 +61,28 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 
+/* out[0..8 U) = sum_{r < count} coef[r * cstride] * rows[r * rstride + 0..8 U), in U independent sums
+ * (U is a constant where it is inlined: the sums stay in registers) */
+static inline void combine_chunk(float *out, const float *coef, int64_t cstride, const float *rows, int64_t rstride,
+                                 int64_t count, const int U) {
+  v8 a[8];
+  for (int u = 0; u < U; ++u) a[u] = splat(0.f);
+  for (int64_t r = 0; r < count; ++r) {
+    const v8 w = splat(coef[r * cstride]);
+    const float *x = rows + r * rstride;
+    for (int u = 0; u < U; ++u) a[u] += w * load8(x + 8 * u);
+  }
+  for (int u = 0; u < U; ++u) store8(out + 8 * u, a[u]);
+}
+
 /* out[0..D) = sum_{r < count} coef[r * cstride] * rows[r * rstride + 0..D); chunks of 64 floats in eight
  * independent sums (FMA latency, not the loads, would bound fewer) */
 static void combine(float *out, int64_t D, const float *coef, int64_t cstride, const float *rows, int64_t rstride,
                     int64_t count) {
   int64_t c = 0;
-  for (; c + 64 <= D; c += 64) {
-    v8 a[8];
-    for (int u = 0; u < 8; ++u) a[u] = splat(0.f);
-    for (int64_t r = 0; r < count; ++r) {
-      const v8 w = splat(coef[r * cstride]);
-      const float *x = rows + r * rstride + c;
-      for (int u = 0; u < 8; ++u) a[u] += w * load8(x + 8 * u);
-    }
-    for (int u = 0; u < 8; ++u) store8(out + c + 8 * u, a[u]);
-  }
-  for (; c + 32 <= D; c += 32) {
-    v8 a[4];
-    for (int u = 0; u < 4; ++u) a[u] = splat(0.f);
-    for (int64_t r = 0; r < count; ++r) {
-      const v8 w = splat(coef[r * cstride]);
-      const float *x = rows + r * rstride + c;
-      for (int u = 0; u < 4; ++u) a[u] += w * load8(x + 8 * u);
-    }
-    for (int u = 0; u < 4; ++u) store8(out + c + 8 * u, a[u]);
-  }
-  for (; c + 8 <= D; c += 8) {
-    v8 a = splat(0.f);
-    for (int64_t r = 0; r < count; ++r) a += splat(coef[r * cstride]) * load8(rows + r * rstride + c);
-    store8(out + c, a);
-  }
+  for (; c + 64 <= D; c += 64) combine_chunk(out + c, coef, cstride, rows + c, rstride, count, 8);
+  for (; c + 32 <= D; c += 32) combine_chunk(out + c, coef, cstride, rows + c, rstride, count, 4);
+  for (; c + 8 <= D; c += 8) combine_chunk(out + c, coef, cstride, rows + c, rstride, count, 1);
   for (; c < D; ++c) {
     float a = 0.f;
     for (int64_t r = 0; r < count; ++r) a += coef[r * cstride] * rows[r * rstride + c];

@@ -216,6 +216,15 @@ def _addr(t: Tensor, columns: int = 0) -> int:
     return t.data_ptr() + columns * t.element_size()
 
 
+def _common_args(x_q: Tensor, x_kv: Tensor | None, d: int, plan: _Plan, n_heads: int, scale: float) -> tuple:
+    """The arguments forward and backward of the kernel share: where Q, K and V lie (self-attention:
+    [Q | K | V] rows of x_q; encoder-decoder: Q = x_q, [K | V] rows of x_kv), the plan, the heads."""
+    kv, kv_off = (x_q, d) if x_kv is None else (x_kv, 0)
+    return (x_q.data_ptr(), x_q.size(1), _addr(kv, kv_off), _addr(kv, kv_off + d), kv.size(1),
+            plan.q_start.data_ptr(), plan.q_len.data_ptr(), plan.k_start.data_ptr(), plan.k_len.data_ptr(),
+            plan.p_offset.data_ptr(), plan.q_len.numel(), n_heads, d // n_heads, int(plan.causal), scale)
+
+
 class _KernelPackedAttention(torch.autograd.Function):
     """packed_attention through packed_attention.c (float32 on the CPU); saves the inputs and the
     weights P for backward."""
@@ -227,14 +236,10 @@ class _KernelPackedAttention(torch.autograd.Function):
         d = x_q.size(1) // 3 if x_kv is None else x_q.size(1)
         d_k = d // n_heads
         scale = 1.0 / math.sqrt(d_k)
-        kv, kv_off = (x_q, d) if x_kv is None else (x_kv, 0)
         out = x_q.new_empty(x_q.size(0), d)
         probs = x_q.new_empty(max(1, plan.p_total))
-        KERNELS.get().attnlab_packed_attention_forward(
-            x_q.data_ptr(), x_q.size(1), _addr(kv, kv_off), _addr(kv, kv_off + d), kv.size(1),
-            plan.q_start.data_ptr(), plan.q_len.data_ptr(), plan.k_start.data_ptr(), plan.k_len.data_ptr(),
-            plan.p_offset.data_ptr(), plan.q_len.numel(), n_heads, d_k, int(plan.causal), scale,
-            out.data_ptr(), d, probs.data_ptr())
+        KERNELS.get().attnlab_packed_attention_forward(*_common_args(x_q, x_kv, d, plan, n_heads, scale),
+                                                       out.data_ptr(), d, probs.data_ptr())
         ctx.save_for_backward(x_q, x_kv, probs)
         ctx.plan, ctx.n_heads, ctx.scale = plan, n_heads, scale
         return out
@@ -246,15 +251,11 @@ class _KernelPackedAttention(torch.autograd.Function):
         plan, n_heads = ctx.plan, ctx.n_heads
         grad_out = grad_out.contiguous()
         d = grad_out.size(1)
-        kv, kv_off = (x_q, d) if x_kv is None else (x_kv, 0)
         d_q = torch.empty_like(x_q)  # self-attention: [dQ | dK | dV], as the fused projection's output
         d_kv, d_kv_off = (d_q, d) if x_kv is None else (torch.empty_like(x_kv), 0)
         KERNELS.get().attnlab_packed_attention_backward(
-            x_q.data_ptr(), x_q.size(1), _addr(kv, kv_off), _addr(kv, kv_off + d), kv.size(1),
-            plan.q_start.data_ptr(), plan.q_len.data_ptr(), plan.k_start.data_ptr(), plan.k_len.data_ptr(),
-            plan.p_offset.data_ptr(), plan.q_len.numel(), n_heads, d // n_heads, int(plan.causal), ctx.scale,
-            probs.data_ptr(), grad_out.data_ptr(), d, d_q.data_ptr(), x_q.size(1),
-            _addr(d_kv, d_kv_off), _addr(d_kv, d_kv_off + d), d_kv.size(1))
+            *_common_args(x_q, x_kv, d, plan, n_heads, ctx.scale), probs.data_ptr(), grad_out.data_ptr(), d,
+            d_q.data_ptr(), x_q.size(1), _addr(d_kv, d_kv_off), _addr(d_kv, d_kv_off + d), d_kv.size(1))
         return d_q, (None if x_kv is None else d_kv), None, None
 
 
