@@ -1,5 +1,6 @@
-"""The decoding attention kernel (attnlab.layers.decode_kernel): the same function as attention in
-float64, used by the cached decoder step, and a clean fallback where it cannot be compiled."""
+"""The decoding kernels (attnlab.layers.decode_kernel): attention, attention over the KV cache and add & norm,
+the same functions as PyTorch's in float64, used by the cached decoder step, and a clean fallback where they
+cannot be compiled."""
 import os
 import shutil
 import sys
@@ -10,6 +11,7 @@ import torch
 from attnlab import Transformer, TransformerConfig
 from attnlab.decoding import beam_search, greedy
 from attnlab.layers import decode_kernel
+from attnlab.models import transformer_step
 from attnlab.models.transformer import prefix_lengths
 
 BOS, EOS, PAD = 1, 2, 0
@@ -94,6 +96,7 @@ def model_and_sources():
 @needs_kernel
 def test_decoding_uses_the_kernel_and_gives_the_tokens_of_pytorchs_kernels(monkeypatch):
     model, src = model_and_sources()
+    monkeypatch.setattr(transformer_step, "applies", lambda *a: False)  # the modules' path (the lean step: its own tests)
     calls = []
     real = decode_kernel.decode_attention
     monkeypatch.setattr(decode_kernel, "decode_attention", lambda *a: calls.append(a[3] is not None) or real(*a))
@@ -135,7 +138,7 @@ def test_padding_at_the_start_or_attention_pictures_take_pytorchs_kernels(monkey
 @needs_kernel
 def test_the_kernel_is_compiled_once_into_the_cache_directory(fresh_kernel):
     assert decode_kernel.kernel() is not None
-    built = list((fresh_kernel / "kernels").glob("decode_attention-*.so"))
+    built = list((fresh_kernel / "kernels").glob("decode_step-*.so"))
     assert len(built) == 1 and len(list((fresh_kernel / "kernels").iterdir())) == 1  # no temporary left
     stamp = built[0].stat().st_mtime_ns
     decode_kernel.KERNELS.state.clear()
@@ -151,10 +154,56 @@ def test_without_a_compiler_or_when_switched_off_decoding_falls_back(fresh_kerne
     monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then PyTorch's kernels
     if shutil.which("false"):
-        with pytest.warns(RuntimeWarning, match="decoding attention kernel is not available"):
+        with pytest.warns(RuntimeWarning, match="decoding kernel is not available"):
             assert decode_kernel.kernel() is None
     monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     monkeypatch.delenv("CC")
     monkeypatch.setenv("ATTNLAB_KERNELS", "0")
     assert decode_kernel.kernel() is None
     assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b, h, d, pos", [(5, 4, 16, 0), (3, 2, 8, 6), (2, 3, 4, 600), (4, 1, 12, 9)])
+def test_cache_attention_writes_the_new_key_and_value_then_attends_over_the_cache(b, h, d, pos):
+    # d 4 and 12: the scalar tails of the 8-float loops; position 600: more keys than the kernel keeps on its stack
+    torch.manual_seed(0)
+    width = h * d
+    k_cache, v_cache = torch.randn(b, pos + 3, h, d), torch.randn(b, pos + 3, h, d)
+    before = k_cache.clone(), v_cache.clone()
+    qkv = torch.randn(b, 3 * width + 5)[:, : 3 * width]  # rows of a wider buffer: a row stride of its own
+    out = decode_kernel.cache_attention(qkv, k_cache, v_cache, pos, h)
+    assert torch.equal(k_cache[:, pos], qkv[:, width: 2 * width].view(b, h, d))
+    assert torch.equal(v_cache[:, pos], qkv[:, 2 * width:].view(b, h, d))
+    others = torch.arange(pos + 3) != pos
+    assert torch.equal(k_cache[:, others], before[0][:, others]) and torch.equal(v_cache[:, others], before[1][:, others])
+    q = qkv[:, :width].view(b, h, 1, d)
+    k, v = k_cache[:, : pos + 1].transpose(1, 2), v_cache[:, : pos + 1].transpose(1, 2)
+    expected = reference(q, k, v, torch.full((b,), pos + 1)).view(b, width)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_kernel.cache_attention(qkv, k_cache, v_cache, pos + 3, h)  # beyond the capacity
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_kernel.cache_attention(qkv, k_cache[:, :, :, :-1], v_cache, pos, h)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n, d, affine", [(100, 256, True), (3, 12, True), (7, 40, False)])
+def test_add_layer_norm_equals_pytorchs_in_float64(n, d, affine):
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(d, elementwise_affine=affine, eps=1e-5)
+    if affine:
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+    x, y = torch.randn(n, d) * 3 + 1, torch.randn(n, d)
+    with torch.no_grad():
+        expected = norm.double()(x.double() + y.double())
+        norm.float()
+        out = decode_kernel.add_layer_norm(x, y, norm)
+        torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+        residual = x.clone()
+        again = decode_kernel.add_layer_norm(residual, y, norm, keep_sum=True)  # pre-norm: x += y in place
+        assert torch.equal(again, out) and torch.equal(residual, x + y)
+    with pytest.raises(ValueError, match="do not fit"):
+        decode_kernel.add_layer_norm(x, y[:, :-1], norm)

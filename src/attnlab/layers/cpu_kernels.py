@@ -9,7 +9,7 @@ then the kernel is not used). Where a kernel cannot be had (no compiler, not Lin
 OpenMP, `ATTNLAB_KERNELS=0`, a failing compile) `Kernels.get()` is None and the caller uses PyTorch's
 operations: nothing else changes.
 
-Kernels: decode_attention.c (the decoder step's attention, attnlab.layers.decode_kernel),
+Kernels: decode_step.c (the decoder step's attention and add & norm, attnlab.layers.decode_kernel),
 dropout_kernel.c (dropout with a counter-based mask, attnlab.layers.dropout) and packed_attention.c
 (attention on packed rows, forward and backward, attnlab.layers.packed_attention).
 """
@@ -94,7 +94,8 @@ class Kernels:
         compiler = shutil.which(os.environ.get("CC", "cc"))
         if compiler is None:
             return None
-        key = hashlib.sha256(self.source.read_bytes() + " ".join(FLAGS).encode() + compiler.encode()
+        headers = b"".join(h.read_bytes() for h in sorted(self.source.parent.glob("*.h")))  # what sources include
+        key = hashlib.sha256(self.source.read_bytes() + headers + " ".join(FLAGS).encode() + compiler.encode()
                              + _cpu_identity().encode() + platform.machine().encode()).hexdigest()[:16]
         path = cache_dir() / f"{self.source.stem}-{key}.so"
         try:

@@ -1,17 +1,21 @@
-"""The decoder step's attention on the CPU: a small C kernel (decode_attention.c), compiled once per
-machine, that PyTorch's fused kernel is slow at.
+"""The decoder step's small operations on the CPU: C kernels (decode_step.c), compiled once per machine,
+for what PyTorch is slow at when each operation is this small.
 
-At a decoding step each hypothesis has one query, and PyTorch's fused CPU attention spends most of
-its time per (row, head) pair rather than per key, and reads the padding keys of the source as well.
-The kernel reads each row's real keys once, all heads together, on PyTorch's own OpenMP threads.
-Measured on a 2-core AMD EPYC (`small` model, 100 x 1 queries over 35 keys): 262 -> 98 us for the
-encoder-decoder attention; a greedy decode of 100 sentences x 32 tokens 0.60 -> 0.51 s (benchmarks:
-`attnlab bench decode`). The result is the same function in float32 (rounding differences, ~1e-7).
+- `decode_attention`: attention of each hypothesis' query over its row's real keys. PyTorch's fused CPU
+  attention spends most of its time per (row, head) pair rather than per key when there is one query, and
+  reads the padding keys of the source as well. Measured on a 2-core AMD EPYC (`small` model, 100 x 1
+  queries over 35 keys): 262 us (PyTorch) -> 98 us (first kernel: online softmax) -> 80 us (scores four keys at
+  a time, vectorised exponentials).
+- `cache_attention`: self-attention of the new token over the KV cache, its key and value written into
+  the cache in the same pass (84 us at 20 keys, against 112 us plus two 16 us copies).
+- `add_layer_norm`: the residual add and LayerNorm in one pass (17 us vs 23-35 us for 100 x 256).
+The lean decoder step (attnlab.models.transformer_step) uses all three; the modules' path uses
+`decode_attention`. Each computes the same function in float32 (rounding differences, ~1e-7).
 
 It is compiled once per machine by attnlab.layers.cpu_kernels (the system's C compiler, kept in
 `~/.cache/attnlab`). Where that cannot happen (no compiler, not Linux, a PyTorch without GNU OpenMP,
-`ATTNLAB_KERNELS=0`), `kernel()` is None, `applies` is False and the caller uses PyTorch's kernels:
-nothing else changes.
+`ATTNLAB_KERNELS=0`), `kernels()` and `kernel()` are None, `applies` is False and the callers use
+PyTorch's kernels: nothing else changes.
 """
 from __future__ import annotations
 
@@ -24,13 +28,21 @@ from attnlab.layers.cpu_kernels import Kernels
 from attnlab.layers.dropout import cpu_fp32
 
 _p, _i64 = ctypes.c_void_p, ctypes.c_int64
-KERNELS = Kernels("decode_attention.c", "decoding attention kernel", {
+_f = ctypes.c_float
+KERNELS = Kernels("decode_step.c", "decoding kernel", {
     "attnlab_decode_attention": ([_p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p,
-                                  _i64, _i64, _i64, _i64, ctypes.c_float], None)})
+                                  _i64, _i64, _i64, _i64, _f], None),
+    "attnlab_cache_attention": ([_p, _i64, _p, _p, _i64, _i64, _p, _i64, _i64, _i64, _f], None),
+    "attnlab_add_layer_norm": ([_p, _p, _p, _p, _f, _p, _p, _i64, _i64], None)})
+
+
+def kernels():
+    """The compiled functions (a namespace), or None where they cannot be had (loaded once per process)."""
+    return KERNELS.get()
 
 
 def kernel():
-    """The compiled function, or None where it cannot be had (loaded once per process)."""
+    """The compiled attention function, or None where it cannot be had."""
     fns = KERNELS.get()
     return None if fns is None else fns.attnlab_decode_attention
 
@@ -66,4 +78,37 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor | None = N
              v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
              None if lengths is None else lengths.data_ptr(), s,
              out.data_ptr(), b, h, t, d, d ** -0.5)
+    return out
+
+
+def cache_attention(qkv: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int, n_heads: int) -> Tensor:
+    """Self-attention of a decoder step over its KV cache: qkv (B, 3 d_model), the new token's stacked
+    query, key and value (rows of unit last stride); k_cache and v_cache (B, capacity, H, d_k), contiguous.
+    Writes the new key and value at `pos`, then attends each query to positions 0..pos. Returns (B, d_model).
+    Needs the kernels (`kernels()` not None), float32 CPU tensors, and capacity > pos."""
+    b, width = qkv.size(0), qkv.size(1) // 3
+    d = width // n_heads
+    if (qkv.size(1) != 3 * width or qkv.stride(1) != 1 or k_cache.shape != (b, k_cache.size(1), n_heads, d)
+            or v_cache.shape != k_cache.shape or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+            or not 0 <= pos < k_cache.size(1)):
+        raise ValueError(f"cache_attention: qkv {tuple(qkv.shape)}, caches {tuple(k_cache.shape)} / "
+                         f"{tuple(v_cache.shape)} at position {pos} do not fit")
+    out = qkv.new_empty(b, width)
+    KERNELS.get().attnlab_cache_attention(qkv.data_ptr(), qkv.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+                                          k_cache.stride(0), pos, out.data_ptr(), b, n_heads, d, d ** -0.5)
+    return out
+
+
+def add_layer_norm(x: Tensor, y: Tensor, norm: torch.nn.LayerNorm, keep_sum: bool = False) -> Tensor:
+    """norm(x + y) for contiguous float32 (N, D) rows in one pass. With `keep_sum`, x is also updated in
+    place to x + y (the pre-norm residual stream). Needs the kernels (`kernels()` not None)."""
+    n, d = x.shape
+    if y.shape != x.shape or not (x.is_contiguous() and y.is_contiguous()) or tuple(norm.normalized_shape) != (d,):
+        raise ValueError(f"add_layer_norm: x {tuple(x.shape)}, y {tuple(y.shape)}, norm over "
+                         f"{tuple(norm.normalized_shape)} do not fit")
+    out = torch.empty_like(x)
+    w, bias = norm.weight, norm.bias
+    KERNELS.get().attnlab_add_layer_norm(x.data_ptr(), y.data_ptr(), None if w is None else w.data_ptr(),
+                                         None if bias is None else bias.data_ptr(), norm.eps,
+                                         x.data_ptr() if keep_sum else None, out.data_ptr(), n, d)
     return out

@@ -31,14 +31,18 @@ class KVCache(nn.Module):
         """Write k, v (B, H, t, d_k) at positions input_pos..input_pos+t-1; return the keys and values
         so far, (B, H, input_pos + t, d_k)."""
         end = input_pos + k.size(2)
-        if end > self.capacity:  # grow geometrically rather than fail on a long output
-            self._grow(max(end, 2 * self.capacity))
+        self.reserve(end)
         if k.dtype != self.k.dtype:  # e.g. first step under autocast
             self.k, self.v = self.k.to(k.dtype), self.v.to(k.dtype)
         self.k[:, input_pos:end] = k.transpose(1, 2)
         self.v[:, input_pos:end] = v.transpose(1, 2)
         self.length = end
         return self.k[:, :end].transpose(1, 2), self.v[:, :end].transpose(1, 2)
+
+    def reserve(self, end: int) -> None:
+        """Make room for positions up to end - 1: grow geometrically rather than fail on a long output."""
+        if end > self.capacity:
+            self._grow(max(end, 2 * self.capacity))
 
     def _grow(self, new_len: int) -> None:
         b, t, h, d = self.k.shape

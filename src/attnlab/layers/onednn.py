@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import os
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,17 +71,25 @@ def _known_rows(x: Tensor) -> bool:
     return True
 
 
-def _usable(x: Tensor, weight: Tensor) -> bool:
+def _prepackable(weight: Tensor) -> bool:
     return (
         _ACTIVE.get()
         and _state["available"]
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and weight.device.type == "cpu"
         and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (torch.is_grad_enabled() and weight.requires_grad)
         and not torch.is_autocast_enabled("cpu")
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+    )
+
+
+def _usable(x: Tensor, weight: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and _prepackable(weight)
         and _known_rows(x)
     )
 
@@ -124,3 +133,27 @@ def linear(module: nn.Module, x: Tensor, rows: slice | None = None, relu: bool =
             _state["available"] = False
     y = F.linear(x, weight[rows] if rows is not None else weight, bias)
     return F.relu(y) if relu else y
+
+
+def prepacked(module: nn.Module, rows: slice | None = None, relu: bool = False) -> Callable[[Tensor], Tensor]:
+    """x -> linear(module, x, rows, relu) with the packed weight looked up once, now (call it inside
+    `fast_decoding`, once per decode): the lean decoder step (attnlab.models.transformer_step) calls it at every
+    step of that decode. A row count beyond `MAX_ROW_COUNTS`, or anything `linear` would not prepack,
+    takes `linear`."""
+    if not (isinstance(module, nn.Linear) and _prepackable(module.weight)):
+        return functools.partial(linear, module, rows=rows, relu=relu)
+    weight = module.weight
+    try:
+        packed = _packed(module, weight, rows or slice(0, weight.size(0)))
+    except (RuntimeError, AttributeError):
+        _state["available"] = False
+        return functools.partial(linear, module, rows=rows, relu=relu)
+    bias = module.bias if module.bias is None or rows is None else module.bias[rows]
+    post = "relu" if relu else "none"
+
+    def apply(x: Tensor) -> Tensor:
+        if _known_rows(x):
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, post, [], "")
+        return linear(module, x, rows, relu)
+
+    return apply

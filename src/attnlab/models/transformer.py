@@ -19,6 +19,7 @@ Decoding protocol (shared by every model family in attnlab, see attnlab.decoding
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,7 @@ from attnlab.layers.onednn import fast_decoding, linear, new_epoch
 from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
 from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
+from attnlab.models import transformer_step
 
 
 class EncoderLayer(nn.Module):
@@ -199,6 +201,7 @@ class TransformerState:
     group: int = 1  # decoder rows per source
     fast_epoch: int = 0  # attnlab.layers.onednn: prepacked weights are re-checked once per decode
     src_lengths: Tensor | None = None  # (n_sources,) real tokens per source when they are a prefix of the row
+    step_plan: Any = None  # attnlab.models.transformer_step: this decode's prepacked weights (False: not served)
 
     @property
     def batch_size(self) -> int:
@@ -408,6 +411,8 @@ class Transformer(nn.Module):
     ) -> tuple[Tensor, TransformerState, Tensor | None]:
         """tokens: the whole prefix so far (B, t), BOS first. Returns next-token logits (B, V), the
         state, and with `need_weights` the cross-attention of the new token (B, n_layers, H, S)."""
+        if state.caches is not None and transformer_step.applies(self, state, need_weights):
+            return transformer_step.step(self, tokens, state), state, None  # the same function, leaner on a CPU
         if state.caches is not None:
             pos = tokens.size(1) - 1
             x = self.embed_tgt(tokens[:, -1:], start=pos)  # only the newest token: (B, 1, d_model)
