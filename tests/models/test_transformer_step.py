@@ -130,3 +130,20 @@ def test_the_modules_path_serves_what_the_lean_step_does_not(monkeypatch):
         assert not real_applies(model, state, False) and state.step_plan is False
         logits, _, _ = model.decode_step(tokens, state)  # the modules' path
         assert logits.shape == (src.size(0), model.cfg.tgt_vocab_size) and torch.isfinite(logits).all()
+
+
+def test_the_transformer_captioner_decodes_through_the_lean_step_too(monkeypatch):
+    from attnlab.models.captioning import CaptionTransformer, CaptionTransformerConfig
+
+    torch.manual_seed(0)
+    model = CaptionTransformer(CaptionTransformerConfig.preset("test", vocab_size=30)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.5)
+    images = torch.randn(3, 3, 32, 32)
+    served = []
+    monkeypatch.setattr(transformer_step, "step", lambda *a, _real=transformer_step.step: served.append(1) or _real(*a))
+    fast = greedy(model, images, max_len=8, bos_id=BOS, eos_id=EOS, min_len=8)
+    assert len(served) == 8
+    monkeypatch.setattr(transformer_step, "applies", lambda *a: False)
+    assert torch.equal(fast, greedy(model, images, max_len=8, bos_id=BOS, eos_id=EOS, min_len=8))
