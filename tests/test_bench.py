@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from attnlab.cli import main
 
@@ -14,7 +15,7 @@ def report(capsys) -> dict:
 def test_train_benchmark_reports_ratios_and_mfu(capsys, tmp_path):
     path = tmp_path / "train.json"
     assert main(["bench", "train", "--size", "tiny", "--batches", "1", "--repeats", "1", "--batch-size", "8",
-                 "--configs", "ref-fp32,attnlab-fp32", "--skip-memory", "--out", str(path)]) == 0
+                 "--configs", "ref-fp32,attnlab-fp32", "--skip-memory", "--device", "cpu", "--out", str(path)]) == 0
     result = report(capsys)
     assert json.loads(path.read_text()) == result
     assert set(result["results"]) == {"ref-fp32", "attnlab-fp32"}
@@ -23,6 +24,7 @@ def test_train_benchmark_reports_ratios_and_mfu(capsys, tmp_path):
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1.5
     assert result["real_target_tokens_per_round"] < result["padded_target_tokens_per_round"]
     assert {"cpu", "threads", "torch", "bf16_matmul"} <= set(result["machine"])
+    assert result["device"] == {"device": "cpu"}
 
 
 def test_train_benchmark_names_its_configurations():
@@ -49,9 +51,37 @@ def test_decode_benchmark_decodes_what_hf_marian_decodes(capsys):
 
 def test_decode_memory_probe_grows_with_output_length(capsys):
     assert main(["bench", "decode", "--size", "tiny", "--batch", "2", "--max-len", "2", "--repeats", "1",
-                 "--skip", "hf,reference,int8", "--memory-lengths", "8,16", "--memory-batch", "2"]) == 0
-    curve = report(capsys)["memory_vs_output_length"]
+                 "--skip", "hf,reference,int8", "--memory-lengths", "8,16", "--memory-batch", "2", "--device", "cpu"]) == 0
+    result = report(capsys)
+    curve = result["memory_vs_output_length"]
     assert [r["output_len"] for r in curve["cache"]] == [8, 16] and len(curve["recompute"]) == 2
+    assert result["device"] == {"device": "cpu"} and "peak_rss_mib" in curve["cache"][0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no GPU")
+@pytest.mark.parametrize("kind", ["train", "decode"])
+def test_bench_device_cuda_without_a_gpu_is_a_one_line_error(kind, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", kind, "--size", "tiny", "--device", "cuda"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"attnlab bench {kind}: error: --device cuda: no CUDA GPU is available here" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_benchmarks_run_on_a_gpu(capsys):
+    pytest.importorskip("transformers")
+    assert main(["bench", "train", "--size", "tiny", "--batches", "2", "--repeats", "1", "--batch-size", "8",
+                 "--configs", "ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16", "--device", "cuda"]) == 0
+    result = report(capsys)
+    assert result["device"]["gpu"] and set(result["matmul_peak_tflops"]) == {"fp32", "bf16"}
+    assert all(r["tokens_per_s"] > 0 and r["peak_gpu_allocated_mib"] > 0 for r in result["results"].values())
+    assert main(["bench", "decode", "--size", "tiny", "--batch", "6", "--max-len", "5", "--repeats", "1",
+                 "--memory-lengths", "8,16", "--memory-batch", "2", "--device", "cuda"]) == 0
+    result = report(capsys)
+    assert "int8" in result["skipped_on_gpu"] and not any("int8" in k for k in result["results"])
+    assert result["memory_vs_output_length"]["cache"][0]["peak_gpu_allocated_mib"] > 0
 
 
 def test_attention_benchmark_times_both_paths(capsys):

@@ -1,12 +1,13 @@
 """Shared pieces of the speed benchmarks: the reference model (a plain torch.nn.Transformer translator,
 as people write it from the PyTorch tutorial), synthetic batches with Multi30k-like lengths, timing,
-the matmul peak, peak RSS, and the JSON report.
+the matmul peak, peak RSS, the `--device` option, and the JSON report.
 
 Every benchmark measures attnlab and its reference in the same process on the same inputs, alternating
 between them, and reports medians and their ratio.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -69,7 +70,7 @@ class ReferenceTranslator(nn.Module):
         return self.transformer.encoder(self.embed_tokens(src), src_key_padding_mask=src == PAD)
 
     def decode(self, memory: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), dtype=torch.bool)
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), device=tgt.device, dtype=torch.bool)
         h = self.transformer.decoder(self.embed_tokens(tgt), memory, tgt_mask=causal, tgt_is_causal=True,
                                      tgt_key_padding_mask=tgt == PAD, memory_key_padding_mask=src == PAD)
         return self.generator(h)
@@ -82,8 +83,8 @@ class ReferenceTranslator(nn.Module):
 def reference_greedy(model: ReferenceTranslator, src: Tensor, max_len: int) -> Tensor:
     """The tutorial's greedy decoding: re-run the decoder over the whole prefix at every step (no cache)."""
     memory = model.encode(src)
-    ys = torch.full((src.size(0), 1), BOS, dtype=torch.long)
-    done = torch.zeros(src.size(0), dtype=torch.bool)
+    ys = torch.full((src.size(0), 1), BOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
     for _ in range(max_len - 1):
         nxt = model.decode(memory, src, ys)[:, -1].argmax(-1)
         nxt = nxt.masked_fill(done, PAD)
@@ -123,7 +124,34 @@ def multi30k_pairs(vocab: int, data_dir: str | None) -> list[tuple[list[int], li
     return encode_pairs(corpus.train, tok, max_len=256)
 
 
-# ---- timing and machine --------------------------------------------------------------------
+# ---- device, timing and machine ------------------------------------------------------------
+def bench_device(ap: argparse.ArgumentParser, name: str) -> torch.device:
+    """`--device` of a benchmark: cpu, cuda or cuda:N, else argparse's error (usage, one error line, exit 2)."""
+    from attnlab.device import parse_device
+
+    try:
+        device = parse_device(name)
+    except ValueError as err:
+        ap.error(str(err))
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {name}: the benchmarks run on cpu or cuda")
+    return device
+
+
+def synchronizer(device: torch.device) -> Callable[[], None] | None:
+    """What makes the clock right after GPU work (kernels run asynchronously); None on the CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    if device.type != "cuda":
+        return {"device": str(device)}
+    props = torch.cuda.get_device_properties(device)
+    return {"device": str(device), "gpu": torch.cuda.get_device_name(device),
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}  # "highest": no TF32
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(repeats):
@@ -139,27 +167,37 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return median_time(fn, repeats)[0]
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int,
+                        sync: Callable[[], None] | None = None) -> dict[str, float]:
     """One untimed warm-up call of each, then `repeats` rounds that time every function once, in turn;
     the median per function. On a shared machine whose speed drifts by +-20% over seconds, alternating
-    makes the drift hit every system alike instead of whichever happened to run in a slow minute."""
+    makes the drift hit every system alike instead of whichever happened to run in a slow minute.
+    `sync` (GPU: common.synchronizer) runs after every call, inside the timing."""
+    sync = sync or (lambda: None)
     for fn in fns.values():
         fn()
+    sync()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
-    """Measured FLOP/s of an n x n x n matmul in `dtype` on this machine (the MFU denominator)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 0, repeats: int = 10, device: str | torch.device = "cpu") -> float:
+    """Measured FLOP/s of an n x n x n matmul in `dtype` on `device` (the MFU denominator); n: 1024 on the
+    CPU, 8192 on a GPU (smaller ones do not fill it)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    sync = synchronizer(device) or (lambda: None)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     for _ in range(3):
         a @ b
-    t, _ = median_time(lambda: a @ b, repeats)
+    sync()
+    t, _ = median_time(lambda: (a @ b, sync()), repeats)
     return 2 * n**3 / t
 
 

@@ -9,7 +9,11 @@ Also measured: decoding memory against output length (peak RSS of a fresh proces
 cache vs recomputation), and dynamic int8 quantisation, attnlab's and torch.ao's on Marian (speed only;
 BLEU before/after is in benchmarks/multi30k_quality.py --int8).
 
+With `--device cuda` every system decodes on the GPU and each timed call ends in a synchronisation; int8
+(CPU kernels) is skipped and the memory curve is torch.cuda.max_memory_allocated in this process.
+
     attnlab bench decode --out benchmarks/results/decode_small.json
+    attnlab bench decode --device cuda --out benchmarks/results/decode_small_cuda.json
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from typing import Any
 
 import torch
 
-from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, interleaved_medians, peak_rss_mib,
-                                   reference_greedy, reset_peak_rss, rss_mib, synthetic_pairs, write_report)
+from attnlab.bench.common import (BOS, EOS, PAD, SIZES, ReferenceTranslator, bench_device, device_info,
+                                   interleaved_medians, peak_rss_mib, reference_greedy, reset_peak_rss, rss_mib,
+                                   synchronizer, synthetic_pairs, write_report)
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.data.batching import pad_to_tensor
@@ -97,6 +102,28 @@ def memory_curve(args: argparse.Namespace, lengths: list[int]) -> dict:
     return curve
 
 
+def gpu_memory_curve(model: Transformer, src: torch.Tensor, lengths: list[int], bos: int, eos: int) -> dict:
+    """In this process: torch.cuda.max_memory_allocated while decoding to each output length, with the KV
+    cache and recomputing, over what was allocated before (the model, the sources)."""
+    device = src.device
+    curve = {}
+    for mode in ("cache", "recompute"):
+        rows = []
+        for n in lengths:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            with torch.no_grad():
+                greedy(model, src, max_len=n, bos_id=bos, eos_id=eos, use_cache=mode == "cache")
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+            rows.append({"output_len": n, "decode_mib": round((peak - before) / 2**20, 1),
+                         "peak_gpu_allocated_mib": round(peak / 2**20, 1)})
+        curve[mode] = rows
+    return curve
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="attnlab bench decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -108,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-batch", type=int, default=8)
     ap.add_argument("--skip", default="", help="comma list of: hf, reference, memory, int8")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (on cuda: no int8, GPU memory)")
     ap.add_argument("--model", default=None, help="a trained run directory instead of random weights")
     ap.add_argument("--src", default=None, help="with --model: source sentences, one per line (.gz ok)")
     ap.add_argument("--out", default=None)
@@ -117,6 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.probe_len:
         return memory_probe(args)
     skip = set(filter(None, args.skip.split(",")))
+    device = bench_device(ap, args.device)
+    skipped_on_gpu = {}
+    if device.type == "cuda" and "int8" not in skip:
+        skip.add("int8")
+        skipped_on_gpu["int8"] = "dynamic int8 quantisation runs on the CPU only"
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -126,14 +159,15 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.src:
             ap.error("--model needs --src FILE")
-        translator = Translator.load(args.model)
+        translator = Translator.load(args.model, device)
         model, bos, eos = translator.model, translator.bos_id, translator.eos_id
         lines = [line for line in read_lines(args.src) if line.strip()][: args.batch]
         src = pad_to_tensor([source_ids(translator.tokenizers, line) for line in lines], model.pad_id)
         skip |= {"reference"}  # the tutorial model has other (random) weights: not the same work
     else:
-        model, bos, eos = build(args.size), BOS, EOS
+        model, bos, eos = build(args.size).to(device), BOS, EOS
         src = sources(args.batch, model.cfg.src_vocab_size)
+    src = src.to(device)
     n, t = src.size(0), args.max_len
     # every system is timed in alternating rounds (common.interleaved_medians), greedy ones together and
     # beam ones together, so that the machine's drift hits attnlab and its reference alike
@@ -144,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         model, src, max_len=t, bos_id=bos, eos_id=eos, use_cache=False)}
     agree = None
     if "hf" not in skip:
-        hf = to_marian(model, bos, eos)
+        hf = to_marian(model, bos, eos).to(device)
         attention_mask = src != model.pad_id
         with torch.no_grad():
             ours = greedy(model, src, max_len=t, bos_id=bos, eos_id=eos)
@@ -163,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     if "reference" not in skip:
         s = SIZES[args.size]
         torch.manual_seed(0)
-        ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).eval()
+        ref = ReferenceTranslator(s["d_model"], s["n_heads"], s["n_layers"], s["d_ff"], s["vocab"]).to(device).eval()
         slow_fns["nn_transformer_greedy_no_cache"] = lambda: reference_greedy(ref, src, t + 1)
     if "int8" not in skip:  # dynamic int8 on both sides: attnlab's (attnlab.quantize), torch.ao's for Marian
         from attnlab.quantize import quantize_int8
@@ -178,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             beam_fns[f"hf_marian_int8_beam{args.beam}"] = lambda: hf_generate(args.beam, hf_q)
     runs: dict[str, float] = {}
     for fns in (greedy_fns, beam_fns, slow_fns):
-        runs.update(interleaved_medians(fns, args.repeats))
+        runs.update(interleaved_medians(fns, args.repeats, synchronizer(device)))
 
     results = {k: {"seconds": round(v, 4), "sentences_per_s": round(n / v, 1)} for k, v in runs.items()}
     ratios = {}
@@ -192,13 +226,21 @@ def main(argv: list[str] | None = None) -> None:
             ratios[f"{ours}_vs_{theirs}"] = round(runs[theirs] / runs[ours], 3)
     what = (f"a trained model ({args.model}) on the first {n} sentences of {args.src}" if args.model else
             "randomly initialised weights: every system decodes max_len tokens")
-    report = {"benchmark": f"decoding speed (sentences/s), {what}",
+    report = {"benchmark": f"decoding speed (sentences/s), {what}", "device": device_info(device),
               "size": ({k: model.cfg.to_dict()[k] for k in ("d_model", "n_heads", "n_layers", "d_ff", "tgt_vocab_size")}
                        if args.model else {"name": args.size, **SIZES[args.size]}), "batch": n, "max_len": t, "beam": args.beam,
               "repeats": args.repeats, "greedy_token_agreement_with_hf": agree, "results": results, "ratios": ratios}
+    if skipped_on_gpu:
+        report["skipped_on_gpu"] = skipped_on_gpu
     if "memory" not in skip:
         lengths = [int(x) for x in args.memory_lengths.split(",")]
-        report["memory_vs_output_length"] = {"batch": args.memory_batch, **memory_curve(args, lengths)}
+        if device.type == "cuda":  # the RSS of a fresh process per length says nothing of the GPU's memory
+            curve = gpu_memory_curve(model, sources(args.memory_batch, model.cfg.src_vocab_size).to(device),
+                                     lengths, bos, eos)
+            report["memory_vs_output_length"] = {
+                "batch": args.memory_batch, "measure": "torch.cuda.max_memory_allocated in this process", **curve}
+        else:
+            report["memory_vs_output_length"] = {"batch": args.memory_batch, **memory_curve(args, lengths)}
     write_report(args.out, report)
 
 
