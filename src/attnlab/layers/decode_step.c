@@ -62,31 +62,6 @@ static void scores_of(float *scores, const float *q, const float *k, int64_t ks,
   }
 }
 
-/* p[j] = e^(p[j] - max) in place for j < n; returns their sum */
-static float exponentials(float *p, int64_t n) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;
-  float sum = 0.f;
-  int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc = _mm256_setzero_ps();
-  const __m256 vm = _mm256_set1_ps(m);
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), vm));
-    _mm256_storeu_ps(p + j, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, acc);
-  for (int i = 0; i < 8; ++i) sum += lanes[i];
-#endif
-  for (; j < n; ++j) {
-    p[j] = expf(p[j] - m);
-    sum += p[j];
-  }
-  return sum;
-}
-
 /* o[0..D) = attention of one query q over keys k_j, values v_j (j < n); p: scratch of n floats */
 static void attend(float *o, const float *q, const float *k, int64_t ks, const float *v, int64_t vs, int64_t n,
                    int64_t D, float scale, float *p) {
@@ -95,7 +70,7 @@ static void attend(float *o, const float *q, const float *k, int64_t ks, const f
     return;
   }
   scores_of(p, q, k, ks, n, D, scale);
-  const float inv = 1.f / exponentials(p, n);
+  const float inv = 1.f / exponentials(p, n, 1.f);
   for (int64_t j = 0; j < n; ++j) p[j] *= inv;
   combine(o, D, p, 1, v, vs, n);
 }

@@ -105,27 +105,8 @@ static void transpose_in(float *bt, const float *rows, int64_t rstride, int64_t 
 /* p[0..S) = softmax_j(scale * row[j]) over j < n, zeros for n <= j < S; row holds 8 * ceil(n / 8) floats
  * (it is overwritten) */
 static void softmax_row(float *p, float *row, int64_t n, int64_t S, float scale) {
-  float m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) m = row[j] > m ? row[j] : m;
-  float sum = 0.f;
-  int64_t j = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale);
-  __m256 acc = _mm256_setzero_ps();
-  for (; j + 8 <= n; j += 8) {
-    __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm), vs));
-    _mm256_storeu_ps(row + j, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, acc);
-  for (int l = 0; l < 8; ++l) sum += lanes[l];
-#endif
-  for (; j < n; ++j) {
-    row[j] = expf((row[j] - m) * scale);
-    sum += row[j];
-  }
-  const float inv = 1.f / sum;
+  const float inv = 1.f / exponentials(row, n, scale);
+  int64_t j;
   for (j = 0; j < n; ++j) p[j] = row[j] * inv;
   for (; j < S; ++j) p[j] = 0.f;
 }

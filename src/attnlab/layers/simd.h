@@ -72,4 +72,30 @@ static inline void combine(float *out, int64_t D, const float *coef, int64_t cst
   }
 }
 
+/* p[j] = e^(scale * (p[j] - max_j p[j])) in place for j < n (scale > 0: the softmax's numerators); returns
+ * their sum */
+static inline float exponentials(float *p, int64_t n, float scale) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;
+  float sum = 0.f;
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p + j), vm), vs));
+    _mm256_storeu_ps(p + j, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int i = 0; i < 8; ++i) sum += lanes[i];
+#endif
+  for (; j < n; ++j) {
+    p[j] = expf((p[j] - m) * scale);
+    sum += p[j];
+  }
+  return sum;
+}
+
 #endif
