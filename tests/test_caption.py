@@ -52,7 +52,7 @@ def train_on_scenes(arch: str, steps: int, n: int = 3000, batch: int = 64, seed:
     images = scene_tensors(scenes)
     tgt = pad_to_tensor([[vocab.bos_id] + vocab.encode(s.caption) + [vocab.eos_id] for s in scenes], vocab.pad_id)
     torch.manual_seed(seed)
-    if arch == "sat":  # alpha_c = 0: see DEFAULTS["scenes"] in attnlab.training.caption_pipeline
+    if arch == "sat":  # alpha_c = 0: see DEFAULTS["scenes"] in attnlab.pipelines.captioning
         model = ShowAttendTell(SATConfig.preset("tiny", vocab_size=vocab.vocab_size, dropout=0.0, alpha_c=0.0))
     else:
         model = CaptionTransformer(CaptionTransformerConfig.preset("tiny", vocab_size=vocab.vocab_size, dropout=0.0))

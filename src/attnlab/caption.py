@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.decoding import beam_search, greedy
+from attnlab.models.registry import supports
 from attnlab.run_dir import load_run
 
 
@@ -27,7 +28,7 @@ class Captioner:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Captioner":
         run = load_run(path, device)
-        if not hasattr(run.model, "grid_shape"):
+        if not supports(run.meta.get("arch", "transformer"), "captioning"):
             raise ValueError(f"{path} holds a {run.meta.get('arch')!r} model, not an image captioner")
         return cls(run.model, run.tokenizers, device, run.meta)
 

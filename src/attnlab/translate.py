@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from attnlab.decoding import beam_search, greedy
+from attnlab.models.registry import supports
 from attnlab.run_dir import LoadedRun, load_run
 
 
@@ -65,7 +66,7 @@ class Translator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
         run: LoadedRun = load_run(path, device)
-        if hasattr(run.model, "grid_shape"):  # its source is an image, not text
+        if supports(run.meta.get("arch", "transformer"), "captioning"):  # its source is an image, not text
             raise ValueError(f"{path} holds an image captioner ({run.meta.get('arch')!r}), not a translator; "
                              "use 'attnlab caption'")
         return cls(run.model, run.tokenizers, device, run.meta)

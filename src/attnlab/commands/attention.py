@@ -51,6 +51,7 @@ def select(maps: torch.Tensor, layer: str, head: str) -> tuple[torch.Tensor, str
 
 def run(args: argparse.Namespace) -> int:
     from attnlab.device import parse_device
+    from attnlab.models.registry import require
     from attnlab.translate import DecodeConfig, Translator, source_ids
     from attnlab.viz.attention import plot_attention
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.strip():
         raise ValueError("--out is empty; name the PNG file to write")
     tr = Translator.load(args.model, parse_device(args.device))
+    require(tr.meta.get("arch", "transformer"), "attention_maps")
     tok_src, tok_tgt = tr.tokenizers.src, tr.tokenizers.tgt
     out_ids = tr.translate_ids([source_ids(tr.tokenizers, args.text)[:256]], DecodeConfig(beam=args.beam))[0][0]
     src = torch.tensor([source_ids(tr.tokenizers, args.text)[:256]], device=tr.device)

@@ -10,22 +10,22 @@ from pathlib import Path
 
 import torch
 
-from attnlab.models.captioning import CAPTION_ARCHS
+from attnlab.models.registry import supports
 from attnlab.run_dir import read_run_config
 from attnlab.training.checkpoint import CheckpointError
 
 
 def is_captioner_run(path: str) -> bool:
     try:
-        return read_run_config(Path(path)).get("arch") in CAPTION_ARCHS
-    except CheckpointError:  # not a run directory of ours: the translator's path reports it
+        return supports(read_run_config(Path(path)).get("arch"), "captioning")
+    except (CheckpointError, ValueError):  # not a run directory of ours, or an unknown arch: the translator's path reports it
         return False
 
 
 def load_references(args: argparse.Namespace, task: dict, image_size: int) -> tuple[torch.Tensor, list[list[str]]]:
     """-> images (N, 3, H, W) and each image's reference captions."""
     from attnlab.data.images import load_image, read_captions_tsv, read_coco_json
-    from attnlab.training.caption_pipeline import load_caption_data
+    from attnlab.pipelines.captioning import load_caption_data
 
     if args.src or args.ref:
         raise ValueError("this model is an image captioner: pass --split test, or --captions FILE (TSV or COCO JSON)")
@@ -54,7 +54,7 @@ def load_references(args: argparse.Namespace, task: dict, image_size: int) -> tu
 def scene_attention(args: argparse.Namespace, captioner) -> dict[str, float]:
     """For a scenes captioner on a split of its task: attention mass on each object it names, vs chance."""
     from attnlab.caption import attention_on_objects
-    from attnlab.training.caption_pipeline import scene_splits
+    from attnlab.pipelines.captioning import scene_splits
 
     _, valid, test = scene_splits(captioner.meta["task"], captioner.image_size)
     scores = attention_on_objects(captioner, (test if args.split == "test" else valid)[: args.limit or None], args.beam)

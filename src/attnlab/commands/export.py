@@ -64,12 +64,12 @@ def check_out_dir(out: str, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.models.registry import require
     from attnlab.run_dir import load_run
 
     check_out_dir(args.out, args.format)
     loaded = load_run(args.model)
-    if loaded.meta.get("arch") != "transformer":
-        raise ValueError(f"only Transformer models can be exported; {args.model} is a {loaded.meta.get('arch')!r} model")
+    require(loaded.meta.get("arch", "transformer"), f"export_{args.format}")
     card = model_card(Path(args.model), loaded.meta)
     if args.format == "hf":
         from attnlab.export import export_marian

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from attnlab.config import TRANSFORMER_PRESETS
-from attnlab.training.config import TrainConfig, coerce
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,43 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
-def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overrides: dict[str, str],
-                    model_fields: set[str]) -> TrainConfig:
-    train_values = train_cfg.to_dict()
-    for key, value in overrides.items():
-        if key.startswith("model."):
-            key = key[6:]
-            target = "model"
-        elif key.startswith("train."):
-            key = key[6:]
-            target = "train"
-        else:
-            target = "train" if key in train_values else "model" if key in model_fields else None
-        if target == "train" and key in train_values:
-            dest = train_values
-        elif target == "model" and key in model_fields:
-            dest = model_values
-        else:
-            raise ValueError(f"--set {key}: no such training or model setting")
-        try:
-            dest[key] = coerce(value, dest.get(key))
-        except ValueError as err:
-            raise ValueError(f"--set {key}={value}: {err}") from None
-    return TrainConfig.from_dict(train_values)
-
-
 def run(args: argparse.Namespace) -> int:
-    from attnlab.training import pipeline
+    from attnlab.pipelines import translation as pipeline
 
     summary = pipeline.train_from_args(args)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
@@ -95,4 +56,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "run", "parse_overrides", "apply_overrides", "dataclasses", "Path"]
+__all__ = ["add_parser", "run"]

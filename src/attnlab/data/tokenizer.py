@@ -80,7 +80,7 @@ class SubwordTokenizer:
         return self._tok.id_to_token(int(i)) or "<unk>"
 
     def save(self, path: str | Path) -> None:
-        from attnlab.training.checkpoint import atomic_write_bytes
+        from attnlab.io import atomic_write_bytes
 
         atomic_write_bytes(Path(path), self._tok.to_str(pretty=False).encode())
 

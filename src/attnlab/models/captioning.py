@@ -358,5 +358,7 @@ class CaptionTransformer(Transformer):
 
 
 CAPTION_ARCHS = ("sat", "caption-transformer")
-registry.register("sat", SATConfig, ShowAttendTell)
-registry.register("caption-transformer", CaptionTransformerConfig, CaptionTransformer)
+registry.register("sat", SATConfig, ShowAttendTell, ("captioning", "attention_maps", "beam", "kv_cache"),
+                  "Show, Attend and Tell")
+registry.register("caption-transformer", CaptionTransformerConfig, CaptionTransformer,
+                  ("captioning", "attention_maps", "beam", "kv_cache"), "the Transformer captioner")

@@ -437,5 +437,7 @@ class RNNEncoderDecoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-registry.register("rnn", RNNConfig, RNNEncoderDecoder)
-registry.register("rnn-attn", RNNAttentionConfig, RNNEncoderDecoder)
+registry.register("rnn", RNNConfig, RNNEncoderDecoder, ("translation", "beam", "kv_cache"),
+                  "the RNN encoder-decoder with one fixed-length context vector, which has no attention")
+registry.register("rnn-attn", RNNAttentionConfig, RNNEncoderDecoder,
+                  ("translation", "attention_maps", "beam", "kv_cache"), "the RNN encoder-decoder with attention")

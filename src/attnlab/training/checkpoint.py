@@ -31,6 +31,8 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
 
+from attnlab.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256  # noqa: F401 (re-exported)
+
 FORMAT = "attnlab"
 FORMAT_VERSION = 1
 
@@ -48,46 +50,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -109,7 +71,7 @@ def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -185,12 +147,12 @@ def save_checkpoint(
         del buf
         atomic_write_json(tmp / "state.json", {"format": FORMAT, "version": FORMAT_VERSION, "step": step,
                                                "files": files, **state})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         tmp = None
-        _fsync_dir(ckpt_root)
+        fsync_dir(ckpt_root)
         atomic_write_bytes(ckpt_root / "LATEST", (name + "\n").encode())
     except OSError as err:
         if tmp is not None:

@@ -94,3 +94,38 @@ def coerce(value: str, current: Any) -> Any:
                 pass
         return None if value.lower() == "none" else value
     return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def apply_overrides(train_cfg: TrainConfig, model_values: dict[str, Any], overrides: dict[str, str],
+                    model_fields: set[str]) -> TrainConfig:
+    train_values = train_cfg.to_dict()
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            key = key[6:]
+            target = "model"
+        elif key.startswith("train."):
+            key = key[6:]
+            target = "train"
+        else:
+            target = "train" if key in train_values else "model" if key in model_fields else None
+        if target == "train" and key in train_values:
+            dest = train_values
+        elif target == "model" and key in model_fields:
+            dest = model_values
+        else:
+            raise ValueError(f"--set {key}: no such training or model setting")
+        try:
+            dest[key] = coerce(value, dest.get(key))
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from None
+    return TrainConfig.from_dict(train_values)

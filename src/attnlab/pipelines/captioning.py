@@ -83,9 +83,9 @@ def load_caption_data(task: dict[str, Any], image_size: int):
 
 
 def train_captioner(args: argparse.Namespace, device: torch.device, meta: dict[str, Any] | None) -> dict[str, Any]:
-    """Called by attnlab.training.pipeline.train_from_args (inside the process group; meta = the saved
+    """Called by attnlab.pipelines.translation.train_from_args (inside the process group; meta = the saved
     config.json when resuming, checked by rank 0)."""
-    from attnlab.commands.train import apply_overrides, parse_overrides
+    from attnlab.training.config import apply_overrides, parse_overrides
     from attnlab.data.word_vocab import WordVocab
     from attnlab.metrics.caption_bleu import corpus_bleu_multi
 

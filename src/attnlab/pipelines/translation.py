@@ -14,9 +14,8 @@ import torch
 
 from attnlab.config import TRANSFORMER_PRESETS, TransformerConfig
 from attnlab.data.batching import encode_pairs
-from attnlab.models.captioning import CAPTION_ARCHS
-from attnlab.training.caption_pipeline import CAPTION_TASKS
-from attnlab.models.registry import build_model, family
+from attnlab.pipelines.captioning import CAPTION_TASKS
+from attnlab.models.registry import build_model, family, supports
 from attnlab.run_dir import command_record, load_tokenizers, read_run_config, write_run_config
 from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
 from attnlab.training.config import TrainConfig
@@ -107,7 +106,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.arch is not None:
         family(args.arch)  # unknown architecture -> its one-line error
-        if not args.resume and (args.task in CAPTION_TASKS) != (args.arch in CAPTION_ARCHS):
+        if not args.resume and (args.task in CAPTION_TASKS) != supports(args.arch, "captioning"):
             wanted = "sat or caption-transformer" if args.task in CAPTION_TASKS else "transformer, rnn or rnn-attn"
             raise ValueError(f"--arch {args.arch} does not fit --task {args.task}; use --arch {wanted}")
 
@@ -133,14 +132,14 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         meta = on_rank0(lambda: check_run_dir(args))  # decided once, before any process writes
         task_name = (meta or {}).get("task", {}).get("task", args.task)
         if task_name in CAPTION_TASKS:
-            from attnlab.training.caption_pipeline import train_captioner
+            from attnlab.pipelines.captioning import train_captioner
 
             return train_captioner(args, device, meta)
         return _train_translator(args, device, meta)
 
 
 def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict[str, Any] | None) -> dict[str, Any]:
-    from attnlab.commands.train import apply_overrides, parse_overrides
+    from attnlab.training.config import apply_overrides, parse_overrides
 
     out = Path(args.out)
     overrides = parse_overrides(args.set)
