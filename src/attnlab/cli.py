@@ -10,7 +10,8 @@ import sys
 import warnings
 from typing import NoReturn
 
-COMMANDS = ["demo", "train", "translate", "evaluate", "attention", "caption", "experiment", "export", "serve", "bench"]
+COMMANDS = ["demo", "train", "translate", "evaluate", "attention", "caption", "experiment", "export", "serve", "bench",
+            "info"]
 
 
 def _load_commands() -> dict[str, object]:

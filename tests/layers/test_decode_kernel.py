@@ -4,13 +4,14 @@ cannot be compiled."""
 import os
 import shutil
 import sys
+import warnings
 
 import pytest
 import torch
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.decoding import beam_search, greedy
-from attnlab.layers import decode_kernel
+from attnlab.layers import cpu_kernels, decode_kernel
 from attnlab.models import transformer_step
 from attnlab.models.transformer import prefix_lengths
 
@@ -148,18 +149,29 @@ def test_the_kernel_is_compiled_once_into_the_cache_directory(fresh_kernel):
 def test_without_a_compiler_or_when_switched_off_decoding_falls_back(fresh_kernel, monkeypatch):
     model, src = model_and_sources()
     expected = greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS, use_cache=False)
-    monkeypatch.setenv("CC", "no-such-compiler-attnlab")
-    assert decode_kernel.kernel() is None
+    monkeypatch.setattr(cpu_kernels, "_reported", set())
+    monkeypatch.setenv("CC", "no-such-compiler-attnlab")  # no compiler: said once, loudly, then PyTorch's kernels
+    with pytest.warns(RuntimeWarning, match="no C compiler: 'no-such-compiler-attnlab'.*PyTorch's operations"):
+        assert decode_kernel.kernel() is None
+    assert decode_kernel.KERNELS.status() == (False, "no C compiler: 'no-such-compiler-attnlab' is not on PATH "
+                                                     "(install gcc, or set CC)")
+    monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason is not said twice in one process
+        assert decode_kernel.kernel() is None
     assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
     monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
-    monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then PyTorch's kernels
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning naming the kernel, then PyTorch's kernels
     if shutil.which("false"):
-        with pytest.warns(RuntimeWarning, match="decoding kernel is not available"):
+        with pytest.warns(RuntimeWarning, match="the decoding kernel did not build"):
             assert decode_kernel.kernel() is None
     monkeypatch.setattr(decode_kernel.KERNELS, "state", {})
     monkeypatch.delenv("CC")
     monkeypatch.setenv("ATTNLAB_KERNELS", "0")
-    assert decode_kernel.kernel() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switched off by the user: no warning
+        assert decode_kernel.kernel() is None
+    assert decode_kernel.KERNELS.status() == (False, "switched off by ATTNLAB_KERNELS=0")
     assert torch.equal(greedy(model, src, max_len=8, bos_id=BOS, eos_id=EOS), expected)
 
 

@@ -19,7 +19,6 @@ PyTorch's kernels: nothing else changes.
 """
 from __future__ import annotations
 
-import ctypes
 
 import torch
 from torch import Tensor
@@ -27,13 +26,7 @@ from torch import Tensor
 from attnlab.layers.cpu_kernels import Kernels
 from attnlab.layers.dropout import cpu_fp32
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_f = ctypes.c_float
-KERNELS = Kernels("decode_step.c", "decoding kernel", {
-    "attnlab_decode_attention": ([_p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _i64, _i64, _p, _i64, _p,
-                                  _i64, _i64, _i64, _i64, _f], None),
-    "attnlab_cache_attention": ([_p, _i64, _p, _p, _i64, _i64, _p, _i64, _i64, _i64, _f], None),
-    "attnlab_add_layer_norm": ([_p, _p, _p, _p, _f, _p, _p, _i64, _i64], None)})
+KERNELS = Kernels("decode_step.c", "decoding kernel")  # argument types read from the C source
 
 
 def kernels():

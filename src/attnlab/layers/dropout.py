@@ -17,7 +17,6 @@ makes dropout one of the most expensive operations of a CPU training step.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
@@ -26,11 +25,7 @@ from torch import Tensor, nn
 
 from attnlab.layers.cpu_kernels import Kernels
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-KERNELS = Kernels("dropout_kernel.c", "dropout kernel", {
-    "attnlab_dropout": ([_p, _p, _i64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int], None),
-    "attnlab_random_bits16": ([_p, _i64, ctypes.c_uint64], None),
-})
+KERNELS = Kernels("dropout_kernel.c", "dropout kernel")  # argument types read from the C source
 
 
 def _cpu_fp32_eager(x: Tensor) -> bool:

@@ -28,7 +28,6 @@ leave every query at least one key (the caller checks).
 """
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 
@@ -40,12 +39,7 @@ from attnlab.layers.cpu_kernels import Kernels
 from attnlab.layers.masks import causal_mask
 from attnlab.layers.packing import Packing
 
-_p, _i64 = ctypes.c_void_p, ctypes.c_int64
-_COMMON = [_p, _i64, _p, _p, _i64, _p, _p, _p, _p, _p, _i64, _i64, _i64, ctypes.c_int, ctypes.c_float]
-KERNELS = Kernels("packed_attention.c", "packed attention kernel", {
-    "attnlab_packed_attention_forward": (_COMMON + [_p, _i64, _p], None),
-    "attnlab_packed_attention_backward": (_COMMON + [_p, _p, _i64, _p, _i64, _p, _p, _i64], None),
-})
+KERNELS = Kernels("packed_attention.c", "packed attention kernel")  # argument types read from the C source
 
 
 def attention_groups(packing: Packing, max_groups: int = 4, min_sentences: int = 16) -> list[Tensor]:
