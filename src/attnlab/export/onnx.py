@@ -106,9 +106,8 @@ class OnnxDecoderStep(nn.Module):
             def cross_attend(h: Tensor, i: int = i, layer: nn.Module = layer) -> Tensor:
                 return layer.cross_attn(h, mask=key_mask, memory_kv=(cross[2 * i], cross[2 * i + 1]))[0]
 
-            x = layer.add_norm1(x, self_attend)
-            x = layer.add_norm2(x, cross_attend)
-            x = layer.add_norm3(x, layer.ffn)
+            add_norms = (layer.add_norm1, layer.add_norm2, layer.add_norm3)
+            x = layer.block(x, self_attend, cross_attend, layer.ffn, add_norms)  # DecoderLayer's one definition
         h = m.decoder.final_norm(x)
         logits = m.output_projection(h[:, -1])  # (B, V)
         return (logits, *present)

@@ -161,8 +161,9 @@ class MultiHeadAttention(nn.Module):
         memory_packing: Packing | None = None,
         key_lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attend from `query` (B, T, d_model).
+        """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
+        Attends from `query` (B, T, d_model):
         - self-attention: `memory` None; keys/values come from `query`. With `cache`, the new keys
           and values are written at `cache_pos` and attention runs over everything cached so far.
         - encoder-decoder attention: keys/values from `memory` (B, S, d_model), or precomputed
@@ -171,50 +172,76 @@ class MultiHeadAttention(nn.Module):
           does the output; with `memory_packing`, `memory` is packed too, (N_s, d_model). The
           projections run on the real tokens; the scores in the padded layout.
         - decoding (with `cache` or `memory_kv`): `key_lengths` (B,), the number of real keys of each
-          row, when they are a prefix (what `mask` says); the CPU decoding kernel
-          (attnlab.layers.decode_kernel) then reads only those. Without it, a mask sends the step to
-          PyTorch's kernels.
+          row, when they are a prefix (what `mask` says); the CPU decoding kernel then reads only those.
         Returns (B, T, d_model) (or (N, d_model) packed) and, if `need_weights`, the weights (B, H, T, S).
+        Which kernel computes Attention is chosen by `_uses_packed_kernel` and `_uses_decode_kernel`;
+        every route computes the same function.
         """
-        d = self.d_model
         dropout_p = self.dropout if self.training else 0.0
-        if (packing is not None and cache is None and memory_kv is None and not need_weights and dropout_p == 0.0
-                and (memory is None or memory_packing is not None) and _packed_is_faster(query, mask)):
-            if memory is None:
-                out = packed_attention(linear(self.in_proj, query), None, packing, None, mask, self.n_heads)
-            else:
-                out = packed_attention(linear(self.in_proj, query, rows=slice(0, d)),
-                                       linear(self.in_proj, memory, rows=slice(d, 3 * d)),
-                                       packing, memory_packing, mask, self.n_heads)
-            return linear(self.out_proj, out), None
+        if _uses_packed_kernel(query, memory, mask, need_weights, dropout_p, cache, memory_kv, packing,
+                               memory_packing):
+            return linear(self.out_proj, self._packed_heads(query, memory, mask, packing, memory_packing)), None
+        q, k, v = self._project(query, memory, cache, cache_pos, memory_kv, packing, memory_packing)  # (B, H, ., d_k)
+        if _uses_decode_kernel(q, k, v, mask, need_weights, dropout_p, cache, memory_kv, packing, key_lengths):
+            concat, weights = decode_kernel.decode_attention(q, k, v, key_lengths), None  # (B, T, d_model)
+        else:
+            heads, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)  # (B, H, T, d_v)
+            concat = self._concat_heads(heads, packing)
+        return linear(self.out_proj, concat), weights
+
+    def _project(self, query: Tensor, memory: Tensor | None, cache: KVCache | None, cache_pos: int,
+                 memory_kv: tuple[Tensor, Tensor] | None, packing: Packing | None,
+                 memory_packing: Packing | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Q W^Q, K W^K, V W^V split into heads, (B, H, T, d_k) and (B, H, S, d_k) x 2; the keys and
+        values from the query (self-attention, through the cache when given) or from the memory."""
+        d = self.d_model
         if memory is None and memory_kv is None:
             qkv = linear(self.in_proj, query)
             if packing is not None:
                 qkv = packing.unpack(qkv)  # (N, 3d) -> (B, T, 3d)
-            q, k, v = qkv.chunk(3, dim=-1)
-            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            q, k, v = (self._split_heads(x) for x in qkv.chunk(3, dim=-1))
             if cache is not None:
                 k, v = cache.update(cache_pos, k, v)
-        else:
-            q = linear(self.in_proj, query, rows=slice(0, d))
-            q = self._split_heads(packing.unpack(q) if packing is not None else q)
-            if memory_kv is not None:
-                k, v = memory_kv
-            elif memory_packing is not None:
-                k, v = self.project_kv(memory, memory_packing)
-            else:
-                k, v = self.project_kv(memory)
-        if (
-            (cache is not None or memory_kv is not None) and packing is None and not need_weights
-            and dropout_p == 0.0 and (mask is None or key_lengths is not None) and decode_kernel.applies(q, k, v)
-        ):
-            return linear(self.out_proj, decode_kernel.decode_attention(q, k, v, key_lengths)), None
-        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, need_weights)
-        b_, h, t, dk = out.shape
-        out = out.transpose(1, 2).reshape(b_, t, h * dk)  # concat heads: (B, T, d_model)
-        if packing is not None:
-            out = packing.pack(out)  # (N, d_model)
-        return linear(self.out_proj, out), weights
+            return q, k, v
+        q = linear(self.in_proj, query, rows=slice(0, d))
+        q = self._split_heads(packing.unpack(q) if packing is not None else q)
+        k, v = memory_kv if memory_kv is not None else self.project_kv(memory, memory_packing)
+        return q, k, v
+
+    def _concat_heads(self, heads: Tensor, packing: Packing | None) -> Tensor:
+        # (B, H, T, d_k) -> (B, T, d_model), or the real tokens only (N, d_model) when packed
+        b, h, t, dk = heads.shape
+        out = heads.transpose(1, 2).reshape(b, t, h * dk)
+        return packing.pack(out) if packing is not None else out
+
+    def _packed_heads(self, query: Tensor, memory: Tensor | None, mask: Tensor | None, packing: Packing,
+                      memory_packing: Packing | None) -> Tensor:
+        """Concat(head_1..head_h) (N, d_model) straight from and into the packed rows (C kernel)."""
+        d = self.d_model
+        if memory is None:
+            return packed_attention(linear(self.in_proj, query), None, packing, None, mask, self.n_heads)
+        return packed_attention(linear(self.in_proj, query, rows=slice(0, d)),
+                                linear(self.in_proj, memory, rows=slice(d, 3 * d)),
+                                packing, memory_packing, mask, self.n_heads)
+
+
+def _uses_packed_kernel(query: Tensor, memory: Tensor | None, mask: Tensor | None, need_weights: bool,
+                        dropout_p: float, cache: KVCache | None, memory_kv: tuple[Tensor, Tensor] | None,
+                        packing: Packing | None, memory_packing: Packing | None) -> bool:
+    """Attention on packed rows (attnlab.layers.packed_attention): packed queries (and a packed memory, for
+    encoder-decoder attention), no cache, no weights wanted, no attention dropout, and `_packed_is_faster`."""
+    return (packing is not None and cache is None and memory_kv is None and not need_weights and dropout_p == 0.0
+            and (memory is None or memory_packing is not None) and _packed_is_faster(query, mask))
+
+
+def _uses_decode_kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool, dropout_p: float,
+                        cache: KVCache | None, memory_kv: tuple[Tensor, Tensor] | None, packing: Packing | None,
+                        key_lengths: Tensor | None) -> bool:
+    """The decoding kernel (attnlab.layers.decode_kernel): a decoder step (a cache or precomputed memory keys),
+    not packed, no weights wanted, no dropout, keys a prefix of each row (`key_lengths`) or all real, and
+    CPU float32 inference where the kernel can be had. Otherwise a mask sends the step to PyTorch's kernels."""
+    return ((cache is not None or memory_kv is not None) and packing is None and not need_weights
+            and dropout_p == 0.0 and (mask is None or key_lengths is not None) and decode_kernel.applies(q, k, v))
 
 
 # ---- attention of the RNN encoder-decoders ------------------------------------------------------

@@ -19,7 +19,7 @@ Decoding protocol (shared by every model family in attnlab, see attnlab.decoding
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,9 @@ from attnlab.layers.masks import causal_mask, decoder_self_mask, padding_mask
 from attnlab.layers.packing import Packing
 from attnlab.layers.residual import AddNorm
 from attnlab.models import transformer_step
+
+Sublayer = Callable[[Tensor], Tensor]  # (B, T, d_model) -> (B, T, d_model)
+AddNormFn = Callable[[Tensor, Sublayer], Tensor]  # add_norm(x, sublayer), as AddNorm.forward
 
 
 class EncoderLayer(nn.Module):
@@ -122,10 +125,21 @@ class DecoderLayer(nn.Module):
             )
             return h
 
-        x = self.add_norm1(x, self_attend)
-        x = self.add_norm2(x, cross_attend)
-        x = self.add_norm3(x, self.ffn)
+        x = self.block(x, self_attend, cross_attend, self.ffn, (self.add_norm1, self.add_norm2, self.add_norm3))
         return x, self_weights, cross_weights
+
+    @staticmethod
+    def block(x: Tensor, self_attend: Sublayer, cross_attend: Sublayer, feed_forward: Sublayer,
+              add_norms: tuple[AddNormFn, AddNormFn, AddNormFn]) -> Tensor:
+        """(10)-(15), the one definition of a decoder layer: masked self-attention, add & norm,
+        encoder-decoder attention, add & norm, feed-forward, add & norm. `forward` (training, the modules'
+        decoding path), the lean CPU decoder step (attnlab.models.transformer_step) and the ONNX export
+        (attnlab.export.onnx) all run it, each with its own implementation of the sub-layers (module calls,
+        C kernels over a KV cache, tensors a graph can hold) and of add & norm (`add_norm(x, sublayer)`)."""
+        add_norm1, add_norm2, add_norm3 = add_norms
+        x = add_norm1(x, self_attend)
+        x = add_norm2(x, cross_attend)
+        return add_norm3(x, feed_forward)
 
 
 class Encoder(nn.Module):

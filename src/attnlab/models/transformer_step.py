@@ -62,6 +62,7 @@ class StepPlan:
     output: Linear
     n_heads: int
     norm_first: bool
+    block: Callable  # DecoderLayer.block: the sub-layers' order, written once
 
 
 def applies(model: nn.Module, state, need_weights: bool) -> bool:
@@ -81,7 +82,8 @@ def applies(model: nn.Module, state, need_weights: bool) -> bool:
 
 def _standard(layer: nn.Module) -> bool:
     return (
-        type(layer.self_attn) is MultiHeadAttention and type(layer.cross_attn) is MultiHeadAttention
+        callable(getattr(type(layer), "block", None))
+        and type(layer.self_attn) is MultiHeadAttention and type(layer.cross_attn) is MultiHeadAttention
         and type(layer.ffn) is PositionwiseFeedForward
         and all(type(m) is AddNorm and type(m.norm) is nn.LayerNorm and m.norm.weight is not None
                 for m in (layer.add_norm1, layer.add_norm2, layer.add_norm3))
@@ -114,7 +116,8 @@ def plan(model: nn.Module, state) -> StepPlan | None:
         output = prepacked(model.output_projection)
     if model.cfg.norm_first:
         norms.append(final)
-    state.step_plan = StepPlan(state.fast_epoch, plans, norms, output, model.cfg.n_heads, model.cfg.norm_first)
+    state.step_plan = StepPlan(state.fast_epoch, plans, norms, output, model.cfg.n_heads, model.cfg.norm_first,
+                               type(layers[0]).block)
     return state.step_plan
 
 
@@ -125,31 +128,46 @@ def _cross_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, group: in
     return decode_kernel.decode_attention(heads, k, v, lengths).view(rows, d)
 
 
+class _FusedAddNorm:
+    """Add & norm as `AddNorm` is called, `add_norm(x, sublayer)`, in one kernel pass that also yields the
+    next sub-layer's input `h`: post-norm x = h = LayerNorm(x + y); pre-norm x += y (in place) and
+    h = the next LayerNorm(x) (the next layer's first, or the final one)."""
+
+    def __init__(self, x: Tensor, norms: list[nn.LayerNorm], norm_first: bool):
+        self.norms, self.norm_first = iter(norms), norm_first
+        self.h = next(self.norms)(x) if norm_first else x  # the next sub-layer's input (B, d_model)
+
+    def __call__(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        y = sublayer(self.h)
+        if self.norm_first:
+            self.h = decode_kernel.add_layer_norm(x, y, next(self.norms), keep_sum=True)
+            return x
+        x = self.h = decode_kernel.add_layer_norm(x, y, next(self.norms))
+        return x
+
+
 def step(model: nn.Module, tokens: Tensor, state) -> Tensor:
-    """Next-token logits (B, V) for the prefixes `tokens` (B, t); where `applies`."""
+    """Next-token logits (B, V) for the prefixes `tokens` (B, t); where `applies`. Each decoder layer is
+    DecoderLayer.block, the layers' one definition, run with the kernels above as its sub-layers."""
     p = plan(model, state)
     pos = tokens.size(1) - 1
     x = model.embed_tgt(tokens[:, -1:], start=pos)
     x = x.reshape(x.size(0), x.size(2))  # (B, d_model), a fresh tensor (pre-norm: updated in place)
-    norms = iter(p.norms)
-
-    def add_norm(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(the residual stream, the next sub-layer's input) after a sub-layer's output y"""
-        if p.norm_first:  # x + y, and the next norm of it (x updated in place)
-            return x, decode_kernel.add_layer_norm(x, y, next(norms), keep_sum=True)
-        x = decode_kernel.add_layer_norm(x, y, next(norms))
-        return x, x
-
-    h = next(norms)(x) if p.norm_first else x
+    add_norm = _FusedAddNorm(x, p.norms, p.norm_first)
     for layer, cache, (k, v) in zip(p.layers, state.caches, state.memory_kv):
         cache.reserve(pos + 1)
-        a = decode_kernel.cache_attention(layer.qkv(h), cache.k, cache.v, pos, p.n_heads)
-        cache.length = pos + 1
-        x, h = add_norm(x, layer.self_out(a))
-        a = _cross_attention(layer.cross_q(h), k, v, state.src_lengths, state.group, p.n_heads)
-        x, h = add_norm(x, layer.cross_out(a))
-        hidden = layer.ffn_in(h)
-        if layer.activation is not None:
-            hidden = layer.activation(hidden)
-        x, h = add_norm(x, layer.ffn_out(hidden))
-    return p.output(h)
+
+        def self_attend(h: Tensor, layer: LayerPlan = layer, cache=cache) -> Tensor:
+            a = decode_kernel.cache_attention(layer.qkv(h), cache.k, cache.v, pos, p.n_heads)
+            cache.length = pos + 1
+            return layer.self_out(a)
+
+        def cross_attend(h: Tensor, layer: LayerPlan = layer, k: Tensor = k, v: Tensor = v) -> Tensor:
+            return layer.cross_out(_cross_attention(layer.cross_q(h), k, v, state.src_lengths, state.group, p.n_heads))
+
+        def feed_forward(h: Tensor, layer: LayerPlan = layer) -> Tensor:
+            hidden = layer.ffn_in(h)
+            return layer.ffn_out(hidden if layer.activation is None else layer.activation(hidden))
+
+        x = p.block(x, self_attend, cross_attend, feed_forward, (add_norm, add_norm, add_norm))
+    return p.output(add_norm.h)
