@@ -31,7 +31,7 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
 
-from attnlab.io import atomic_write_bytes, atomic_write_json, fsync_dir, sha256  # noqa: F401 (re-exported)
+from attnlab.io import atomic_write, atomic_write_bytes, atomic_write_json, fsync_dir, sha256  # noqa: F401 (re-exported)
 
 FORMAT = "attnlab"
 FORMAT_VERSION = 1
@@ -54,10 +54,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     # safetensors reports write failures (disk full, ...) as SafetensorError; they become OSError here
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         try:
             st_save_model(unwrap(model), tmp, metadata={"format": FORMAT, **(metadata or {})})
         except SafetensorError as err:  # e.g. "... I/O error: No space left on device (os error 28) ..."
@@ -65,13 +62,8 @@ def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None
             if code:
                 raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
             raise OSError(str(err).strip().splitlines()[0] if str(err).strip() else "safetensors could not write") from None
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    atomic_write(path, write)
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
