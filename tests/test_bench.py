@@ -4,6 +4,8 @@ import json
 import pytest
 import torch
 
+from required import require_module
+
 from attnlab.cli import main
 
 
@@ -37,7 +39,7 @@ def test_train_benchmark_names_its_configurations():
 
 
 def test_decode_benchmark_decodes_what_hf_marian_decodes(capsys):
-    pytest.importorskip("transformers")
+    require_module("transformers")
     assert main(["bench", "decode", "--size", "tiny", "--batch", "6", "--max-len", "5", "--repeats", "1",
                  "--skip", "memory"]) == 0
     result = report(capsys)
@@ -71,7 +73,7 @@ def test_bench_device_cuda_without_a_gpu_is_a_one_line_error(kind, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_benchmarks_run_on_a_gpu(capsys):
-    pytest.importorskip("transformers")
+    require_module("transformers")
     assert main(["bench", "train", "--size", "tiny", "--batches", "2", "--repeats", "1", "--batch-size", "8",
                  "--configs", "ref-fp32,ref-bf16,attnlab-fp32,attnlab-bf16", "--device", "cuda"]) == 0
     result = report(capsys)

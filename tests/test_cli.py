@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from required import require_module
+
 from attnlab.cli import main
 
 
@@ -156,7 +158,7 @@ def test_corrupt_weights_are_a_clear_error(run_dir, tmp_path, capsys):
 
 
 def test_export_hf_then_translate_from_the_export(run_dir, tmp_path, capsys):
-    pytest.importorskip("transformers")
+    require_module("transformers")
     out = tmp_path / "hf"
     assert main(["export", "--model", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
@@ -170,7 +172,7 @@ def test_export_hf_then_translate_from_the_export(run_dir, tmp_path, capsys):
 
 
 def test_export_onnx_writes_both_graphs(run_dir, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
     out = tmp_path / "onnx"
     assert main(["export", "--model", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0
     assert (out / "encoder.onnx").is_file() and (out / "decoder_step.onnx").is_file() and (out / "README.md").is_file()

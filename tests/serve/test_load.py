@@ -14,8 +14,10 @@ import asyncio
 
 import pytest
 
-pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-pytest.importorskip("httpx")
+from required import require_module
+
+require_module("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+require_module("httpx")
 
 import serve_support  # noqa: E402
 from serve_support import Server, load, write_random_run  # noqa: E402
