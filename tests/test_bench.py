@@ -66,6 +66,7 @@ def test_decode_benchmark_reports_the_rates_and_ratios_of_its_times(capsys):
         assert ratio == pytest.approx(expected, rel=rounding(ours, theirs), abs=5e-4), pair
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_decode_memory_probe_grows_with_output_length(capsys):
     assert main(["bench", "decode", "--size", "tiny", "--batch", "2", "--max-len", "2", "--repeats", "1",
                  "--skip", "hf,reference,int8", "--memory-lengths", "8,16", "--memory-batch", "2", "--device", "cpu"]) == 0

@@ -46,6 +46,7 @@ def report(name: str, r: dict) -> str:
     return line
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_200_concurrent_requests_all_answered_and_batching_raises_throughput(servers):
     results = {}
     for name, server in servers.items():
