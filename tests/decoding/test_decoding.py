@@ -64,14 +64,57 @@ def test_batch_of_n_equals_n_batches_of_one():
         assert beams[i][0].score == pytest.approx(single.score, abs=1e-4)
 
 
-def test_greedy_stops_at_eos_and_pads_after_it():
-    model = model_with_seed(3)
-    with torch.no_grad():  # force EOS at the second step for every sentence
-        model.output_projection.weight[EOS].zero_()
-    out = greedy(model, torch.randint(3, 30, (3, 5)), max_len=10, bos_id=BOS, eos_id=EOS)
-    for row in out.tolist():
-        if EOS in row:
-            assert all(t == PAD for t in row[row.index(EOS) + 1:])
+class EndsAtItsLength(torch.nn.Module):
+    """A fake decoder: row i says token 3 until its prefix holds lengths[i] tokens after BOS, then EOS; the
+    lengths ride in the state and follow its reorder (as a real model's caches do). Counts its steps."""
+
+    pad_id = PAD
+
+    def __init__(self, lengths, vocab=6):
+        super().__init__()
+        self.lengths, self.vocab, self.steps = torch.tensor(lengths), vocab, 0
+
+    def init_decode(self, src, max_len=10, use_cache=True):
+        model = self
+
+        class State:
+            lengths = model.lengths.clone()
+
+            def reorder(self, index):
+                self.lengths = self.lengths[index]
+                return self
+        return State()
+
+    def decode_step(self, tokens, state, need_weights=False):
+        self.steps += 1
+        logits = torch.zeros(tokens.size(0), self.vocab)
+        done = tokens.size(1) - 1 >= state.lengths  # tokens generated so far (BOS excluded)
+        logits[~done, 3] = 5.0
+        logits[done, EOS] = 5.0
+        return logits, state, None
+
+
+def test_greedy_stops_at_eos_pads_after_it_and_stops_when_every_row_has_ended():
+    model = EndsAtItsLength([2, 0, 4, 1])
+    out = greedy(model, torch.zeros(4, 1, dtype=torch.long), max_len=10, bos_id=BOS, eos_id=EOS)
+    assert out.tolist() == [[3, 3, EOS, PAD, PAD], [EOS, PAD, PAD, PAD, PAD], [3, 3, 3, 3, EOS], [3, EOS, PAD, PAD, PAD]]
+    assert model.steps == 5  # the longest row's 5 tokens, not max_len = 10
+
+
+def test_beam_search_stops_when_every_sentence_has_finished():
+    model = EndsAtItsLength([2, 0, 4])
+    hyps = beam_search(model, torch.zeros(3, 1, dtype=torch.long), beam_size=2, max_len=10, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=0.0)
+    assert [h[0].tokens for h in hyps] == [[3, 3, EOS], [EOS], [3, 3, 3, 3, EOS]]
+    # a sentence is done at K = 2 finished hypotheses: the runner-up (its best beam with another token, then
+    # EOS) ends one step after the best, so 4 + 2 steps for the longest sentence, not max_len = 10
+    assert model.steps == 6
+
+
+def test_max_length_reached_greedy_rows_without_eos_fill_max_len():
+    model = EndsAtItsLength([2, 9])
+    out = greedy(model, torch.zeros(2, 1, dtype=torch.long), max_len=4, bos_id=BOS, eos_id=EOS)
+    assert out.tolist() == [[3, 3, EOS, PAD], [3, 3, 3, 3]] and model.steps == 4
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -129,6 +172,69 @@ def test_beam_search_hand_worked_case():
     # K, while "a b EOS" (0.6 * 0.35 * 0.9 = 0.189) is found one step later
     assert hyps[1].tokens == [3, 4, 2]
     assert hyps[1].log_prob == pytest.approx(math.log(0.6 * 0.35 * 0.9), abs=1e-5)
+
+
+# vocabulary: 0 pad, 1 BOS, 2 EOS, 3 "a", 4 "b"; the next-token probabilities depend on the last token only
+E = 1e-9
+HAND_TABLE = {
+    BOS: [E, E, 0.4, 0.35, 0.25],
+    3: [E, E, 0.9, 0.06, 0.04],  # after "a"
+    4: [E, E, 0.6, 0.25, 0.15],  # after "b"
+}
+
+
+def test_beam_search_hand_worked_scores_with_gnmt_length_penalty():
+    """K = 2, alpha = 2, lp(L) = ((5 + L) / 6) ** alpha.
+    Step 1 (from BOS): EOS 0.4, a 0.35, b 0.25. EOS is in the top K: "EOS" finished, log 0.4 = -0.916291,
+        lp(1) = 1, score -0.916291. The beams continue with a (0.35) and b (0.25).
+    Step 2: a EOS 0.35 * 0.9 = 0.315, b EOS 0.25 * 0.6 = 0.15, b a 0.0625, b b 0.0375, a a 0.021, a b 0.014.
+        The top K are both EOS: "a EOS" finished, log 0.315 = -1.155183, lp(2) = (7/6)^2 = 1.361111,
+        score -0.848706; the sentence now has K finished hypotheses, so "b EOS" is not kept and the search stops.
+    Ranked by score: "a EOS" (-0.848706) before "EOS" (-0.916291); by log-prob alone "EOS" would win."""
+    src = torch.zeros(1, 1, dtype=torch.long)
+    hyps = beam_search(TableModel(HAND_TABLE), src, beam_size=2, max_len=5, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=2.0, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[3, EOS], [EOS]]
+    assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.315), math.log(0.4)], abs=1e-6)
+    assert [h.score for h in hyps] == pytest.approx([-0.848706, -0.916291], abs=1e-6)
+    raw = beam_search(TableModel(HAND_TABLE), src, beam_size=2, max_len=5, bos_id=BOS, eos_id=EOS,
+                      length_penalty_alpha=0.0, n_best=2)[0]
+    assert [h.tokens for h in raw] == [[EOS], [3, EOS]]
+    assert [h.score for h in raw] == pytest.approx([math.log(0.4), math.log(0.315)], abs=1e-6)
+
+
+def test_min_len_hand_worked():
+    """min_len = 2: EOS cannot be chosen at steps 1 and 2, but log-probs stay those of the full distribution.
+    Greedy: a (0.35), then a (0.06, EOS barred), then EOS (0.9): "a a EOS".
+    Beam, K = 2, alpha = 0: step 1 a 0.35, b 0.25; step 2 (no EOS): b a 0.0625, b b 0.0375, a a 0.021, a b 0.014;
+    step 3: b a EOS 0.0625 * 0.9 = 0.05625, b b EOS 0.0375 * 0.6 = 0.0225 (then b b a 0.009375): both EOS
+    in the top K, K finished: "b a EOS" (log 0.05625) and "b b EOS" (log 0.0225)."""
+    src = torch.zeros(1, 1, dtype=torch.long)
+    assert greedy(TableModel(HAND_TABLE), src, max_len=5, bos_id=BOS, eos_id=EOS, min_len=2).tolist() == [[3, 3, EOS]]
+    hyps = beam_search(TableModel(HAND_TABLE), src, beam_size=2, max_len=5, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=0.0, n_best=2, min_len=2)[0]
+    assert [h.tokens for h in hyps] == [[4, 3, EOS], [4, 4, EOS]]
+    assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.05625), math.log(0.0225)], abs=1e-6)
+
+
+def test_max_len_reached_beam_keeps_the_unfinished_hypotheses_hand_worked():
+    """No EOS within max_len = 2: the K best hypotheses at the last step are returned without EOS.
+    K = 2, alpha = 1: step 1 a 0.7, b 0.3; step 2: a a 0.49, a b 0.21, b a 0.18, b b 0.12; the top K are kept:
+    "a a" log 0.49 / lp(2) = -0.713350 / (7/6) = -0.611443, "a b" log 0.21 / (7/6) = -1.337698."""
+    table = {BOS: [E, E, E, 0.7, 0.3], 3: [E, E, E, 0.7, 0.3], 4: [E, E, E, 0.6, 0.4]}
+    hyps = beam_search(TableModel(table), torch.zeros(1, 1, dtype=torch.long), beam_size=2, max_len=2, bos_id=BOS,
+                       eos_id=EOS, length_penalty_alpha=1.0, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[3, 3], [3, 4]]
+    assert [h.score for h in hyps] == pytest.approx([-0.611443, -1.337698], abs=1e-6)
+
+
+def test_gnmt_length_penalty_formula():
+    from attnlab.decoding.beam import length_penalty
+
+    assert length_penalty(1, 0.6) == pytest.approx(1.0)
+    assert length_penalty(7, 0.6) == pytest.approx((12 / 6) ** 0.6)  # 1.515717
+    assert length_penalty(10, 1.0) == pytest.approx(2.5)
+    assert length_penalty(3, 0.0) == 1.0
 
 
 def test_length_penalty_prefers_longer_hypotheses():

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from required import require_module
+
+transformers = require_module("transformers")
 
 from attnlab.decoding import greedy  # noqa: E402
 from attnlab.export import MarianExportError, export_marian, load_marian, read_marian_special_ids  # noqa: E402

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")  # torch.onnx.export(dynamo=True) needs it
+from required import require_module
+
+ort = require_module("onnxruntime")
+require_module("onnxscript")  # torch.onnx.export(dynamo=True) needs it
 
 from attnlab.decoding import greedy  # noqa: E402
 from attnlab.export import OnnxTranslator, export_onnx  # noqa: E402

@@ -1,9 +1,7 @@
 """The decoding kernels (attnlab.layers.decode_kernel): attention, attention over the KV cache and add & norm,
 the same functions as PyTorch's in float64, used by the cached decoder step, and a clean fallback where they
 cannot be compiled."""
-import os
 import shutil
-import sys
 import warnings
 
 import pytest
@@ -14,12 +12,9 @@ from attnlab.decoding import beam_search, greedy
 from attnlab.layers import cpu_kernels, decode_kernel
 from attnlab.models import transformer_step
 from attnlab.models.transformer import prefix_lengths
+from required import needs_kernel
 
 BOS, EOS, PAD = 1, 2, 0
-needs_kernel = pytest.mark.skipif(
-    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
-    reason="the decoding kernel needs Linux and a C compiler (cc); elsewhere PyTorch's kernels are used",
-)
 
 
 @pytest.fixture

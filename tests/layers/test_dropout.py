@@ -1,13 +1,11 @@
 """attnlab's CPU dropout: the function of torch.nn.Dropout with a cheaper mask."""
-import os
-import shutil
-import sys
 
 import pytest
 import torch
 
 import attnlab.layers.dropout as dropout_module
 from attnlab.layers.dropout import Dropout, drop_mask, drop_relu_, dropout, kernel_applies, kernel_mask, new_seed
+from required import needs_kernel
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -42,10 +40,6 @@ def test_dropout_is_identity_in_eval_and_at_p_zero():
 
 
 # ---- the C kernel (dropout_kernel.c): Philox4x32-10 masks, drawn again in backward --------------
-needs_kernel = pytest.mark.skipif(
-    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
-    reason="the dropout kernel needs Linux and a C compiler (cc); elsewhere PyTorch's operations are used",
-)
 
 
 def philox4x32_10(counter: int, key: int) -> list[int]:

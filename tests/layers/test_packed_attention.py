@@ -1,7 +1,4 @@
 """Packed head-major attention (training path): same values and gradients as the padded attention."""
-import os
-import shutil
-import sys
 
 import pytest
 import torch
@@ -12,6 +9,7 @@ from attnlab.layers.attention import scaled_dot_product_attention
 from attnlab.layers.masks import causal_mask
 from attnlab.layers.packed_attention import _Layout, attention_groups, packed_attention
 from attnlab.layers.packing import Packing
+from required import needs_kernel
 
 B, T, S, H, DK = 5, 7, 6, 4, 8
 D = H * DK
@@ -157,10 +155,6 @@ def test_inference_takes_the_packed_path_too(monkeypatch):
 
 
 # ---- the C kernel (packed_attention.c): float32, the packings' own masks -------------------------
-needs_kernel = pytest.mark.skipif(
-    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
-    reason="the packed attention kernel needs Linux and a C compiler (cc); elsewhere PyTorch's matmuls are used",
-)
 
 
 def long_packings():

@@ -1,9 +1,6 @@
 """The lean cached decoder step (attnlab.models.transformer_step): the same logits as the modules' path, step
 by step, for every variant of the model it serves; the cases it leaves to the modules; cache growth, beam
 groups and oneDNN's row-count limit."""
-import os
-import shutil
-import sys
 
 import pytest
 import torch
@@ -14,12 +11,10 @@ from attnlab.decoding import beam_search, greedy
 from attnlab.layers import decode_kernel, onednn
 from attnlab.models import transformer_step
 from attnlab.quantize import quantize_int8
+from required import needs_kernel
 
 BOS, EOS, PAD = 1, 2, 0
-pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or shutil.which(os.environ.get("CC", "cc")) is None,
-    reason="the lean step needs attnlab's C kernels (Linux and a C compiler); elsewhere the modules' path runs",
-)
+pytestmark = needs_kernel  # a C compiler: skips without one, fails in CI (required.py)
 
 
 def model_and_sources(**kw):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from required import require_module
+
 import serve_support
 
 
@@ -38,7 +40,7 @@ TEST_LIMITS = dict(max_sentences=8, max_chars=200, max_beam=4, max_body_bytes=32
 @pytest.fixture(scope="session")
 def make_app(translator):
     """create_app around the session's loaded translator (no reload), with test limits + overrides."""
-    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+    require_module("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
     from attnlab.serve import Limits, create_app
 
     def make(captioner=None, with_translator=True, int8=False, **overrides):
@@ -59,7 +61,7 @@ def client(make_app):
 @pytest.fixture(scope="session")
 def tiny_server(tiny_run, tmp_path_factory):
     """`attnlab serve` on the tiny model in a subprocess on a free loopback port."""
-    pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+    require_module("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
     log = tmp_path_factory.mktemp("tiny_server") / "server.log"
     server = serve_support.Server(tiny_run, "--threads", "1", log=log)
     try:

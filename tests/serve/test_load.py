@@ -14,8 +14,10 @@ import asyncio
 
 import pytest
 
-pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-pytest.importorskip("httpx")
+from required import require_module
+
+require_module("uvicorn", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+require_module("httpx")
 
 import serve_support  # noqa: E402
 from serve_support import Server, load, write_random_run  # noqa: E402
@@ -44,6 +46,7 @@ def report(name: str, r: dict) -> str:
     return line
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_200_concurrent_requests_all_answered_and_batching_raises_throughput(servers):
     results = {}
     for name, server in servers.items():

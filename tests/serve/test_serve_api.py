@@ -8,7 +8,9 @@ import io
 import pytest
 import torch
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+from required import require_module
+
+require_module("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from attnlab.translate import source_ids  # noqa: E402

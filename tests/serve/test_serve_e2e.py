@@ -1,7 +1,8 @@
 """End to end: `attnlab serve` in a subprocess on 127.0.0.1, the page driven in headless Chromium.
 
 Needs Debian's chromium (`apt-get install chromium`, done by .ci/install-extras) and the Python
-`playwright` client; skips with the reason when either is missing.
+`playwright` client; skips with the reason when either is missing, and fails under ATTNLAB_REQUIRE_EXTRAS=1 (CI).
+ATTNLAB_CHROMIUM, when set, names the one browser to use (set it to a missing path to check that CI fails).
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import time
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright client is not installed: pip install playwright")
+from required import require, require_module
+
+require_module("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+sync_api = require_module("playwright.sync_api", reason="the playwright client is not installed: pip install playwright")
 
 from serve_support import FakeCaptioner, free_port, png_bytes  # noqa: E402
 
@@ -22,8 +25,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def find_chromium() -> str | None:
-    for candidate in (os.environ.get("ATTNLAB_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
-                      "/usr/bin/chromium"):
+    named = os.environ.get("ATTNLAB_CHROMIUM")
+    candidates = [named] if named else [shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium"]
+    for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -33,16 +37,16 @@ def find_chromium() -> str | None:
 def browser(tmp_path_factory):
     chromium = find_chromium()
     if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium, or set ATTNLAB_CHROMIUM)")
+        require("chromium", "chromium is not installed (apt-get install chromium, or set ATTNLAB_CHROMIUM)")
     pw = sync_api.sync_playwright().start()
     try:
         # a persistent context in a fresh directory is a fresh user-data-dir
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium, headless=True,
             args=CHROMIUM_FLAGS, timeout=60_000)
-    except Exception as err:  # noqa: BLE001 - a broken browser install is a skip, not a failure
+    except Exception as err:  # noqa: BLE001 - a broken browser install is a skip (a failure in CI)
         pw.stop()
-        pytest.skip(f"chromium at {chromium} did not start: {str(err).splitlines()[0]}")
+        require("chromium", f"chromium at {chromium} did not start: {str(err).splitlines()[0]}")
     context.set_default_timeout(30_000)
     yield context
     context.close()

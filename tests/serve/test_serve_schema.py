@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
+from required import require_module
+
+require_module("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
+schemathesis = require_module("schemathesis", reason="schemathesis is not installed")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 

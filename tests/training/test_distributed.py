@@ -159,6 +159,7 @@ def test_rank0_alone_logs_and_checkpoints_with_every_ranks_rng(ddp_run):
     assert not torch.equal(extra["rng"][0]["cpu"], extra["rng"][1]["cpu"])  # each rank its own dropout masks
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_torchrun_cli_trains_on_cpu_with_gloo(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",

@@ -29,6 +29,7 @@ def train_events(out, after_resume=False):
     return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
 
 
+@pytest.mark.slow  # > 40 s on 2 shared cores (pytest --durations)
 def test_kill_9_then_resume_continues_exactly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"

@@ -22,12 +22,13 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         # logits (N, V), target (N,) -> (smoothed loss summed over non-pad rows, NLL summed)
         keep = target != pad_id  # (N,)
         safe_target = target.masked_fill(~keep, 0)  # pad_id may lie outside the vocabulary
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 (fp64 for fp64 logits: gradcheck)
         lse = _logsumexp_fp32(logits)
-        target_logit = logits.gather(1, safe_target[:, None]).squeeze(1).float()
+        target_logit = logits.gather(1, safe_target[:, None]).squeeze(1).to(acc)
         nll = ((lse - target_logit) * keep).sum()
         loss = nll.clone()  # a separate output: nll carries no gradient
         if smoothing:
-            mean_logit = logits.sum(dim=-1, dtype=torch.float32) / logits.size(-1)
+            mean_logit = logits.sum(dim=-1, dtype=acc) / logits.size(-1)
             loss = (1.0 - smoothing) * nll + smoothing * ((lse - mean_logit) * keep).sum()
         ctx.save_for_backward(logits, safe_target, lse, keep)
         ctx.smoothing = smoothing
@@ -51,8 +52,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
 
 def _logsumexp_fp32(logits: Tensor, rows: int = 1024) -> Tensor:
-    """(N, V) -> (N,) fp32 log-sum-exp; reduced-precision logits are widened a block of rows at a time."""
-    if logits.dtype == torch.float32:
+    """(N, V) -> (N,) fp32 (fp64 for fp64) log-sum-exp; reduced-precision logits are widened a block of rows at a time."""
+    if logits.dtype in (torch.float32, torch.float64):
         return torch.logsumexp(logits, dim=-1)
     return torch.cat([torch.logsumexp(block.float(), dim=-1) for block in logits.split(rows)])
 
@@ -60,7 +61,7 @@ def _logsumexp_fp32(logits: Tensor, rows: int = 1024) -> Tensor:
 def label_smoothed_nll(logits: Tensor, target: Tensor, pad_id: int, smoothing: float = 0.1) -> tuple[Tensor, Tensor]:
     """logits (B, T, V), target (B, T) -> (smoothed loss summed over non-pad tokens, plain NLL summed).
 
-    The NLL (no smoothing) is what perplexity is computed from. Both are fp32, whatever the dtype of
+    The NLL (no smoothing) is what perplexity is computed from. Both are fp32 (fp64 for fp64 logits), whatever the dtype of
     the logits; the NLL carries no gradient.
     """
     flat_logits = logits.reshape(-1, logits.size(-1))
