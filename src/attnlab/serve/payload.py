@@ -48,7 +48,8 @@ def encode_weights(cross: torch.Tensor, layer_index: list[int], head_index: list
     """cross (L, H, T, S) -> the selected weights, as nested lists (4 decimals) or base64 float16."""
     w = cross[layer_index]
     w = w.mean(1, keepdim=True) if head_index is None else w[:, head_index]  # (l, h, T, S)
-    out: dict[str, Any] = {"layer_index": layer_index, "head_index": head_index, "shape": list(w.shape)}
+    out: dict[str, Any] = {"layer_index": layer_index, "head_index": head_index, "shape": list(w.shape),
+                           "weights": None, "weights_f16": None}
     if fmt == "f16":
         out["weights_f16"] = base64.b64encode(w.to(torch.float16).contiguous().numpy().astype("<f2").tobytes()).decode()
     else:
