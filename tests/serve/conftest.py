@@ -43,9 +43,11 @@ def make_app(translator):
     require_module("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
     from attnlab.serve import Limits, create_app
 
-    def make(captioner=None, with_translator=True, int8=False, **overrides):
+    def make(captioner=None, with_translator=True, int8=False, api_key=None, allowed_hosts=None, docs=False,
+             **overrides):
         return create_app(translator if with_translator else None, captioner=captioner,
-                          limits=Limits(**{**TEST_LIMITS, **overrides}), int8=int8)
+                          limits=Limits(**{**TEST_LIMITS, **overrides}), int8=int8, api_key=api_key,
+                          allowed_hosts=allowed_hosts, docs=docs)
 
     return make
 

@@ -1,169 +1,72 @@
 """The HTTP service: `create_app(run_dir) -> FastAPI`.
 
-    POST /translate   {"text": "a sentence" | ["one", "or many"], "beam": 1, "attention": false}
+    POST /translate   {"text": "a sentence" | ["one", "or many"], "beam": 1,
+                       "attention": false | true | {"layers", "heads", "sentences", "format"}}
                       -> {"translations": [...], "attention": [per sentence: cross-attention] | null}
-    POST /caption     multipart form: image=<file>, beam=1 -> {"caption", "words", "attention", "grid"}
-    GET  /health      model, vocabulary sizes, limits, batching counters, uptime
-    GET  /            the web page (static/), GET /docs and /openapi.json from FastAPI
+    POST /caption     multipart form: image=<file>, beam=1, attention=true -> {"caption", "words", "attention", "grid"}
+    GET  /health      at once: model loaded, queue depth, model, limits, batching counters, uptime
+    GET  /ready       200 while the queue has room, 503 when it is full
+    GET  /metrics     Prometheus text (metrics.py)
+    GET  /            the web page (static/); /openapi.json; /docs only with docs=True (it loads a CDN)
 
-The model loads once, in `create_app`. Translations from concurrent callers are micro-batched
-(batcher.py); every model call runs on one worker thread. Bad input is a 4xx with a one-line
-`error` (and FastAPI's `detail`), never a 500: malformed JSON 400, wrong types and out-of-range
-values 422, a body over the limit 413, a file that is not an image 400, no such model 404, a full
-queue 503 with Retry-After.
+The model loads once, in `create_app`. Every model call (translations, attention maps, captions)
+goes through one bounded queue (batcher.py). What a request may cost is checked before any work:
+its work budget (payload.py) and the size of its answer (`max_response_mb`); then it has
+`request_timeout_s` (504), and work for a client that has gone away is dropped. Bad input is a 4xx
+with a one-line `error` (and `detail`); a failure of the model on one request is a JSON 500 for
+that request only; nothing answers with anything but JSON, except the page and /metrics.
 """
 
+import asyncio
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Awaitable
 
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attnlab.layers.int8 import Int8Linear
-from attnlab.serve.batcher import MicroBatcher, ModelThread, Overloaded
+from attnlab.serve import payload
+from attnlab.serve.batcher import MicroBatcher, Overloaded
 from attnlab.serve.captioner import BadImage, Captioner, check_image, is_captioning_arch, load_captioner
+from attnlab.serve.metrics import Metrics
+from attnlab.serve.middleware import ApiKey, BodyLimit, Guard, HostCheck
+from attnlab.serve.schemas import ERRORS, CaptionResponse, Health, Limits, TranslateResponse, request_model
 from attnlab.translate import DecodeConfig, Translator, source_ids
 
 log = logging.getLogger("attnlab.serve")
 STATIC = Path(__file__).parent / "static"
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
 
-@dataclass
-class Limits:
-    """What one request may ask for. Everything beyond is refused with a 4xx and a message."""
+class Refused(HTTPException):
+    """A request refused before (or instead of) its work, counted in the metrics by `reason`."""
 
-    max_body_bytes: int = 1 << 20  # JSON requests
-    max_image_bytes: int = 8 << 20  # /caption uploads
-    max_image_pixels: int = 40_000_000
-    max_sentences: int = 64  # per /translate request
-    max_chars: int = 1000  # per sentence
-    max_beam: int = 8
-    max_attention_sentences: int = 8  # attention payloads grow as layers x heads x T x S
-    max_src_tokens: int = 256  # longer inputs are truncated (reported in the response)
-    # micro-batching
-    max_batch: int = 32  # sentences per decoding call (1 = no batching)
-    batch_wait_ms: float = 5.0
-    max_queue: int = 2048  # sentences waiting for the model before 503
-    request_timeout_s: float = 120.0
+    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(status, message, headers=headers)
+        self.reason = reason
 
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value <= 0:
-                raise ValueError(f"limit {name} must be positive, got {value}")
-
-
-# ---- request and response bodies -------------------------------------------------------------
-
-def _one_or_many(value: Any) -> Any:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise ValueError(f"'text' must be a string or a list of strings, not {type(value).__name__}")
-    return value
-
-
-def _whole_number(value: Any) -> Any:
-    """JSON Schema counts 3.0 as an integer; strict pydantic would not."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-class CrossAttention(BaseModel):
-    """Cross-attention of one translation: weights[layer][head][target][source], each row sums to 1."""
-
-    source_tokens: list[str] = Field(description="source subwords as the model saw them, ending with </s>")
-    target_tokens: list[str] = Field(description="output subwords, ending with </s>; row t is the attention "
-                                                 "while producing target_tokens[t]")
-    layers: int
-    heads: int
-    weights: list[list[list[list[float]]]]
-
-
-class TranslateResponse(BaseModel):
-    translations: list[str] = Field(description="one per input sentence, in order; blank inputs give ''")
-    beam: int
-    attention: list[CrossAttention | None] | None = Field(
-        None, description="when asked for: one per sentence (null for blank ones)")
-    truncated: list[int] = Field(default_factory=list, description="indices of inputs cut to the source token limit")
-    elapsed_ms: float
-
-
-class CaptionResponse(BaseModel):
-    caption: str
-    words: list[str]
-    attention: list[list[float]] = Field(description="per word, the weight of each image region (row-major grid)")
-    grid: list[int] = Field(description="[rows, columns] of the attention grid")
-    width: int
-    height: int
-    elapsed_ms: float
-
-
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-    version: str
-    uptime_s: float
-    capabilities: dict[str, bool]
-    model: dict[str, Any]
-    limits: dict[str, Any]
-    batching: dict[str, Any]
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(description="what was wrong, in one line")
-    detail: Any = None
-
-
-ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
-    400: "malformed JSON or an unreadable upload", 404: "the loaded model cannot do this",
-    413: "request body or image over the limit", 422: "a field has the wrong type or is out of range",
-    503: "too busy: retry later"}.items()}
-
-
-def _request_model(limits: Limits) -> type[BaseModel]:
-    Sentence = Annotated[str, StringConstraints(max_length=limits.max_chars)]
-    Sentences = Annotated[list[Sentence], Field(min_length=1, max_length=limits.max_sentences)]
-
-    class TranslateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-            "examples": [{"text": "April 1, 2038"},
-                         {"text": ["July 13, 1914", "June 23, 2083"], "beam": 4, "attention": True}]})
-
-        text: Annotated[
-            Sentences,
-            BeforeValidator(_one_or_many, json_schema_input_type=Union[Sentence, Sentences]),
-            Field(description=f"a sentence, or a list of at most {limits.max_sentences}, "
-                              f"each at most {limits.max_chars} characters"),
-        ]
-        beam: Annotated[int, BeforeValidator(_whole_number)] = Field(1, ge=1, le=limits.max_beam,
-                                                                      description="beam size (1 = greedy)")
-        attention: bool = Field(False, description="return cross-attention weights (at most "
-                                                   f"{limits.max_attention_sentences} sentences)")
-
-    return TranslateRequest
-
-
-# ---- the model behind the endpoints ----------------------------------------------------------
 
 class Service:
-    """The loaded model(s), the batcher and the counters; one per app."""
+    """The loaded model(s), the queue, the metrics; one per app."""
 
     def __init__(self, translator: Translator | None, captioner: Captioner | None, meta: dict, limits: Limits):
         self.translator, self.captioner, self.meta, self.limits = translator, captioner, meta, limits
         self.started = time.monotonic()
-        self.model_thread = ModelThread()
-        self.batcher = MicroBatcher(self._decode, self.model_thread, limits.max_batch, limits.batch_wait_ms,
-                                    limits.max_queue)
+        self.metrics = Metrics(lambda: self.batcher.waiting)
+        self.batcher = MicroBatcher(self._decode, limits.max_batch, limits.batch_wait_ms, limits.max_queue,
+                                    work_of=payload.sentence_work, small_work=limits.interactive_work,
+                                    chunk_work=limits.interactive_work, on_batch=self.metrics.observe_batch)
+        self.attention_shape = self._attention_shape()  # (decoder layers, heads), None without attention
+        self.info = self._model_info()
 
     def _decode(self, sources: list[list[int]], beam: int) -> list[list[int]]:
         """Model thread: one batched decoding call. Each output is cut to its own sentence's length
@@ -171,7 +74,7 @@ class Service:
         assert self.translator is not None
         cfg = DecodeConfig(beam=beam, max_src_len=self.limits.max_src_tokens)
         outputs = self.translator.translate_ids(sources, cfg)
-        return [(hyps[0] if hyps else [])[: int(cfg.max_len_a * len(src) + cfg.max_len_b)]
+        return [(hyps[0] if hyps else [])[: payload.max_target_len(len(src), cfg)]
                 for hyps, src in zip(outputs, sources)]
 
     def encode(self, text: str) -> tuple[list[int], bool]:
@@ -181,20 +84,34 @@ class Service:
             return ids, False
         return ids[: self.limits.max_src_tokens - 1] + [ids[-1]], True
 
-    def cross_attention(self, src_ids: list[int], out_ids: list[int]) -> dict[str, Any]:
+    def _attention_shape(self) -> tuple[int, int] | None:
+        """The model says whether it has attention to show (`supports_attention`); its shape from one
+        tiny teacher-forced pass."""
+        tr = self.translator
+        if tr is None:
+            return None
+        model = tr.model
+        if not getattr(model, "supports_attention", hasattr(model, "attention_maps")):
+            return None
+        src = torch.tensor([[tr.eos_id]], device=tr.device)
+        cross = model.attention_maps(src, torch.tensor([[tr.bos_id]], device=tr.device))["cross"]  # (L, 1, H, 1, 1)
+        return int(cross.shape[0]), int(cross.shape[2])
+
+    def cross_attention(self, src_ids: list[int], out_ids: list[int], layer_index: list[int],
+                        head_index: list[int] | None, fmt: str) -> dict[str, Any]:
         """Model thread: teacher-forced pass over the decoded output, as `attnlab attention` does."""
         tr = self.translator
-        assert tr is not None
+        assert tr is not None and self.attention_shape is not None
         src = torch.tensor([src_ids], device=tr.device)
         tgt_in = torch.tensor([[tr.bos_id] + out_ids], device=tr.device)
-        cross = tr.model.attention_maps(src, tgt_in)["cross"][:, 0]  # (L, H, T, S)
+        cross = tr.model.attention_maps(src, tgt_in)["cross"][:, 0].float().cpu()  # (L, H, T, S)
         tok_src, tok_tgt = tr.tokenizers.src, tr.tokenizers.tgt
         return {"source_tokens": [tok_src.id_to_token(i) for i in src_ids],
                 "target_tokens": [tok_tgt.id_to_token(i) for i in out_ids] + ["</s>"],
-                "layers": cross.shape[0], "heads": cross.shape[1],
-                "weights": cross.double().round(decimals=4).tolist()}
+                "layers": self.attention_shape[0], "heads": self.attention_shape[1],
+                **payload.encode_weights(cross, layer_index, head_index, fmt)}
 
-    def model_info(self) -> dict[str, Any]:
+    def _model_info(self) -> dict[str, Any]:
         what = self.translator.model if self.translator is not None else self.captioner
         info: dict[str, Any] = {"arch": self.meta.get("arch") or type(what).__name__.lower()}
         if self.translator is not None:
@@ -206,12 +123,43 @@ class Service:
             info["int8"] = bool(int8)
             info["vocab"] = {"src": self.translator.tokenizers.src.vocab_size,
                              "tgt": self.translator.tokenizers.tgt.vocab_size}
-            info["attention"] = hasattr(model, "attention_maps")
+            info["attention"] = self.attention_shape is not None
+            if self.attention_shape is not None:
+                info["attention_shape"] = {"layers": self.attention_shape[0], "heads": self.attention_shape[1]}
             info["device"] = str(self.translator.device)
         task = self.meta.get("task")
         if isinstance(task, dict) and task.get("task"):
             info["task"] = task["task"]
         return info
+
+    async def within_deadline(self, request: Request, work: Awaitable[Any]) -> Any:
+        """Await `work` until the request's deadline (then 504) or until its client goes away (then
+        the work is cancelled: queued jobs are dropped, a bulk job stops at its next chunk)."""
+        task = asyncio.ensure_future(work)
+
+        async def client_gone() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            done, _ = await asyncio.wait({task, watcher}, timeout=self.limits.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        if watcher in done:
+            raise Refused(499, "the client closed the request; its work was cancelled", "disconnected")
+        raise Refused(504, f"no answer within the request timeout of {self.limits.request_timeout_s:g} s; "
+                           "retry later or ask for less", "timeout", headers={"Retry-After": "5"})
+
+    async def queued(self, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except Overloaded as err:
+            raise Refused(503, f"the server is busy: {err}; retry shortly", "busy", headers={"Retry-After": "1"}) from None
 
 
 def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None, dict]:
@@ -234,67 +182,7 @@ def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None,
     raise TypeError(f"create_app: expected a run directory, LoadedRun or Translator, got {type(model).__name__}")
 
 
-# ---- limits and errors -----------------------------------------------------------------------
-
-class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over the limit (by Content-Length, or while streaming)."""
-
-    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int]):
-        self.app, self.default, self.per_path = app, default, per_path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.per_path.get(scope["path"], self.default)
-        declared = None
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = None
-        if declared is not None and declared > limit:
-            return await _send_error(send, BodyTooLarge(limit))
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as err:
-            if started:
-                raise
-            await _send_error(send, err)
-
-
-async def _send_error(send: Send, err: StarletteHTTPException) -> None:
-    import json
-
-    body = json.dumps({"error": err.detail, "detail": err.detail}).encode()
-    await send({"type": "http.response.start", "status": err.status_code,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
+# ---- errors ----------------------------------------------------------------------------------
 
 def _where(loc: tuple) -> str:
     out = ""
@@ -319,13 +207,14 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts) + more
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         for e in errors:
             e.pop("input", None)  # may be megabytes of the caller's own text
             e.pop("url", None)
+        metrics.reject("invalid")
         bad_json = [e for e in errors if e.get("type") == "json_invalid"]
         if bad_json:
             e = bad_json[0]
@@ -337,18 +226,35 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, Refused):
+            metrics.reject(exc.reason)
         return JSONResponse({"error": str(exc.detail), "detail": exc.detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception) -> JSONResponse:  # the middleware's Guard answers first
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+def _json(body: dict[str, Any], cap: int, hint: str) -> Response:
+    """The answer as JSON bytes, or a 413 when it would pass the cap."""
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    if len(data) > cap:
+        raise Refused(413, payload.too_large(len(data), cap, "") + hint, "response_cap")
+    return Response(data, media_type="application/json")
 
 
 # ---- the app ---------------------------------------------------------------------------------
 
 def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Captioner | None = None,
-               device: str = "cpu", int8: bool = False) -> FastAPI:
+               device: str = "cpu", int8: bool = False, api_key: str | None = None,
+               allowed_hosts: list[str] | None = None, docs: bool = False) -> FastAPI:
     """A FastAPI app serving `model`: a run directory (or checkpoint directory), a LoadedRun, or a
     Translator; `captioner` adds /caption (a captioning run directory loads one by itself). With
     `int8`, the translator decodes with int8 linear layers (attnlab.quantize; CPU); a Translator passed
-    in is left as it is."""
+    in is left as it is. `api_key`: requests need `Authorization: Bearer KEY` (not /health, /ready,
+    the page); `allowed_hosts`: Host header names served; `docs`: FastAPI's /docs (Swagger UI from
+    its CDN)."""
     from contextlib import asynccontextmanager
 
     from attnlab import __version__
@@ -364,86 +270,140 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
     if translator is None and captioner is None:
         raise ValueError("create_app needs a model to serve: a run directory, a Translator, or a captioner")
     service = Service(translator, captioner, meta, limits)
-    TranslateRequest = _request_model(limits)
+    n_layers, n_heads = service.attention_shape or (1, 1)
+    TranslateRequest = request_model(limits, n_layers, n_heads)
+    cap = limits.max_response_bytes
+    metrics = service.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.batcher.start()
         yield
         await service.batcher.stop()
-        service.model_thread.shutdown()
 
-    app = FastAPI(title="attnlab", version=__version__, lifespan=lifespan,
-                  description="Translate with a Transformer and look at its attention; caption images.")
+    app = FastAPI(title="attnlab", version=__version__, lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url=None, description="Translate with a Transformer and look at its attention; caption images.")
     app.state.service = service
-    app.add_middleware(BodyLimit, default=limits.max_body_bytes,
+    # added innermost first: Guard ends up outermost
+    app.add_middleware(BodyLimit, default=limits.max_body_bytes, reject=metrics.reject,
                        per_path={"/caption": limits.max_image_bytes + 64 * 1024})
-    _install_error_handlers(app)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key, reject=metrics.reject)
+    if allowed_hosts:
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts, reject=metrics.reject)
+    app.add_middleware(Guard, observe=metrics.observe_request, docs_paths=("/docs",) if docs else ())
+    _install_error_handlers(app, metrics)
 
     @app.post("/translate", response_model=TranslateResponse, responses=ERRORS,
               summary="Translate one sentence or a list of sentences")
-    async def translate(req: TranslateRequest) -> TranslateResponse:  # type: ignore[valid-type]
+    async def translate(req: TranslateRequest, request: Request) -> Response:  # type: ignore[valid-type]
         start = time.perf_counter()
         if service.translator is None:
             raise HTTPException(404, "this server's model is a captioner, not a translator: use POST /caption")
         sentences: list[str] = req.text
-        if req.attention and len(sentences) > limits.max_attention_sentences:
-            raise HTTPException(422, f"attention weights can be returned for at most "
-                                     f"{limits.max_attention_sentences} sentences per request, got {len(sentences)}")
-        if req.attention and not hasattr(service.translator.model, "attention_maps"):
-            raise HTTPException(404, f"the {service.meta.get('arch', 'loaded')} model does not provide attention maps")
-        real = [i for i, s in enumerate(sentences) if s.strip()]
-        encoded = [service.encode(sentences[i]) for i in real]
-        try:
-            outputs = await _with_timeout(service.batcher.submit([ids for ids, _ in encoded], req.beam),
-                                          limits.request_timeout_s)
-        except Overloaded as err:
-            raise HTTPException(503, f"the server is busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
+        sel = None if isinstance(req.attention, bool) else req.attention
+        if req.attention is not False and service.attention_shape is None:
+            raise Refused(422, f"the {service.meta.get('arch', 'loaded')} model has no attention to return "
+                               "(a fixed-context model): send \"attention\": false", "no_attention")
+        wanted: list[int] = []
+        if req.attention is not False:
+            wanted = list(dict.fromkeys(sel.sentences)) if sel is not None and sel.sentences else list(
+                range(len(sentences)))
+            if len(wanted) > limits.max_attention_sentences:
+                raise Refused(422, f"attention weights can be returned for at most {limits.max_attention_sentences}"
+                                   f" sentences per request, got {len(wanted)}", "attention_sentences")
+            if any(i >= len(sentences) for i in wanted):
+                raise Refused(422, f"attention.sentences: indices must be below the {len(sentences)} sentences "
+                                   "sent", "invalid")
+        encoded = [service.encode(s) if s.strip() else None for s in sentences]
+        work = sum(payload.sentence_work(e[0], req.beam) for e in encoded if e)
+        if work > limits.max_work:
+            raise Refused(413, f"this request needs {work:,} units of work (source tokens x beam x longest output, "
+                               f"summed over sentences); the limit is {limits.max_work:,}: send fewer or shorter "
+                               "sentences or a smaller beam", "work_budget")
+        fmt = sel.format if sel is not None else "json"
+        layer_index, head_index = payload.selection(sel, n_layers, n_heads)
+        heads_out = 1 if head_index is None else len(head_index)
+        size = sum(payload.max_target_len(len(e[0])) * payload.BYTES_PER_TOKEN for e in encoded if e) + 200
+        size += sum(payload.attention_bytes(len(e[0]), payload.max_target_len(len(e[0])) + 1, len(layer_index),
+                                            heads_out, fmt) for i in wanted if (e := encoded[i]))
+        if size > cap:
+            raise Refused(413, payload.too_large(size, cap, " at most") + payload.TRANSLATE_HINT, "response_cap")
+        real = [i for i, e in enumerate(encoded) if e]
+
+        async def run() -> tuple[list[list[int]], dict[int, dict]]:
+            outputs = await service.queued(service.batcher.submit([encoded[i][0] for i in real], req.beam))
+            by_index = dict(zip(real, outputs))
+            maps = {}
+            for i in wanted:  # one queued job per sentence: a bulk lane may yield between them
+                if i in by_index:
+                    src = encoded[i][0]
+                    maps[i] = await service.queued(service.batcher.call(
+                        service.cross_attention, src, by_index[i], layer_index, head_index, fmt,
+                        work=len(src) * (len(by_index[i]) + 1) * n_layers))
+            return outputs, maps
+
+        outputs, maps = await service.within_deadline(request, run())
         tok_tgt = service.translator.tokenizers.tgt
         translations = [""] * len(sentences)
         for i, out in zip(real, outputs):
             translations[i] = tok_tgt.decode(out)
         attention = None
-        if req.attention:
-            def maps() -> list[dict]:
-                return [service.cross_attention(ids, out) for (ids, _), out in zip(encoded, outputs)]
-
-            computed = await service.model_thread.run(maps)
-            attention = [None] * len(sentences)
-            for i, a in zip(real, computed):
-                attention[i] = a
-        return TranslateResponse(translations=translations, beam=req.beam, attention=attention,
-                                 truncated=[i for i, (_, cut) in zip(real, encoded) if cut],
-                                 elapsed_ms=round(1000 * (time.perf_counter() - start), 2))
+        if req.attention is not False:
+            attention = [maps.get(i) for i in range(len(sentences))]
+        body = {"translations": translations, "beam": req.beam, "attention": attention,
+                "truncated": [i for i in real if encoded[i][1]],
+                "elapsed_ms": round(1000 * (time.perf_counter() - start), 2)}
+        return _json(body, cap, payload.TRANSLATE_HINT)
 
     @app.post("/caption", response_model=CaptionResponse, responses=ERRORS, summary="Caption an uploaded image")
-    async def caption(image: Annotated[UploadFile, File(description="an image file (PNG, JPEG, ...)")],
-                      beam: Annotated[int, Form(ge=1, le=limits.max_beam)] = 1) -> CaptionResponse:
+    async def caption(request: Request,
+                      image: Annotated[UploadFile, File(description=f"an image file ({', '.join(IMAGE_FORMATS)})")],
+                      beam: Annotated[int, Form(ge=1, le=limits.max_beam)] = 1,
+                      attention: Annotated[bool, Form(description="return per-word attention")] = True) -> Response:
         start = time.perf_counter()
         if service.captioner is None:
             raise HTTPException(404, f"this server's model ({service.meta.get('arch', 'a translator')}) is not "
                                      "an image captioner: use POST /translate")
         data = await image.read(limits.max_image_bytes + 1)
         if len(data) > limits.max_image_bytes:
-            raise HTTPException(413, f"the image is larger than the limit of {limits.max_image_bytes} bytes")
+            raise Refused(413, f"the image is larger than the limit of {limits.max_image_bytes} bytes", "image_size")
         try:
-            width, height, _ = check_image(data, limits.max_image_pixels)
+            width, height, fmt = check_image(data, limits.max_image_pixels)
         except BadImage as err:
-            raise HTTPException(413 if err.too_large else 400, str(err)) from None
+            raise Refused(413 if err.too_large else 400, str(err), "image_size" if err.too_large else "bad_image") \
+                from None
+        if fmt not in IMAGE_FORMATS:
+            raise Refused(415, f"{fmt} images are not accepted; send {', '.join(IMAGE_FORMATS)}", "image_format")
         try:
-            result = await _with_timeout(service.model_thread.run(service.captioner.caption, data, beam),
-                                         limits.request_timeout_s)
+            result = await service.within_deadline(request, service.queued(
+                service.batcher.call(service.captioner.caption, data, beam, work=0)))
         except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for images it cannot decode
-            raise HTTPException(400, f"could not read the image: {err}") from None
-        return CaptionResponse(**result, width=width, height=height,
-                               elapsed_ms=round(1000 * (time.perf_counter() - start), 2))
+            raise Refused(400, f"could not read the image: {err}", "bad_image") from None
+        if not attention:
+            result = {**result, "attention": None}
+        body = {**result, "width": width, "height": height, "elapsed_ms": round(1000 * (time.perf_counter() - start), 2)}
+        return _json(body, cap, payload.CAPTION_HINT)
 
-    @app.get("/health", response_model=Health, summary="Model, limits, batching counters, uptime")
+    @app.get("/health", response_model=Health, summary="At once: model loaded, queue depth, limits, counters")
     async def health() -> Health:
-        return Health(version=__version__, uptime_s=round(time.monotonic() - service.started, 3),
+        return Health(version=__version__, uptime_s=round(time.monotonic() - service.started, 3), model_loaded=True,
+                      queue={"waiting": service.batcher.waiting, "max_queue": limits.max_queue,
+                             "full": service.batcher.full},
                       capabilities={"translate": service.translator is not None,
-                                    "caption": service.captioner is not None},
-                      model=service.model_info(), limits=asdict(limits), batching=service.batcher.stats.to_dict())
+                                    "caption": service.captioner is not None}, api_key_required=bool(api_key),
+                      model=service.info, limits=asdict(limits), batching=service.batcher.stats.to_dict())
+
+    @app.get("/ready", summary="200 while the queue has room, 503 when it is full", responses=ERRORS)
+    async def ready() -> JSONResponse:
+        body = {"ready": not service.batcher.full, "waiting": service.batcher.waiting, "max_queue": limits.max_queue}
+        if service.batcher.full:
+            return JSONResponse({**body, "error": "the queue is full"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(body)
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -451,13 +411,3 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-async def _with_timeout(awaitable: Any, seconds: float) -> Any:
-    import asyncio
-
-    try:
-        return await asyncio.wait_for(awaitable, seconds)
-    except asyncio.TimeoutError:
-        raise HTTPException(503, f"the model did not answer within {seconds:g} s; retry later",
-                            headers={"Retry-After": "5"}) from None

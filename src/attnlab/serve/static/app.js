@@ -6,10 +6,12 @@ const $ = (id) => document.getElementById(id);
 
 // ---- small helpers ------------------------------------------------------------------------------
 
-async function callApi(path, options) {
+async function callApi(path, options = {}) {
   let response;
+  const key = $("api-key").value.trim();
+  const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     throw new Error(`the server did not answer (${err.message})`);
   }
@@ -47,6 +49,26 @@ function heat(w) {  // weight in [0, 1] -> background colour (white -> deep blue
   const g = Math.round(255 - t * (255 - 60));
   const b = Math.round(255 - t * (255 - 160));
   return `rgb(${r}, ${g}, ${b})`;
+}
+
+// IEEE half precision -> number
+function fromFloat16(bits) {
+  const sign = bits & 0x8000 ? -1 : 1, exponent = (bits >> 10) & 0x1f, fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
+// the answer's weights (nested lists, or base64 little-endian float16 of `shape`) -> [layer][head][t][s]
+function decodeWeights(att) {
+  if (att.weights) return att.weights;
+  const bytes = Uint8Array.from(atob(att.weights_f16), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  const [L, H, T, S] = att.shape;
+  let k = 0;
+  const next = () => fromFloat16(view.getUint16(2 * k++, true));
+  return Array.from({ length: L }, () => Array.from({ length: H }, () =>
+    Array.from({ length: T }, () => Array.from({ length: S }, next))));
 }
 
 // ---- translation and the heatmap ------------------------------------------------------------------
@@ -154,12 +176,13 @@ async function translate(event) {
     const data = await callApi("/translate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text, beam: Number($("beam").value), attention: true }),
+      body: JSON.stringify({ text, beam: Number($("beam").value), attention: { format: "f16" } }),
     });
     $("translation").textContent = data.translations[0] || "(empty)";
     const att = data.attention && data.attention[0];
     state.attention = att;
     if (att) {
+      att.weights = decodeWeights(att);
       const layers = [...Array(att.layers).keys()].map((i) => [i, `${i + 1} of ${att.layers}`]);
       const heads = [...Array(att.heads).keys()].map((i) => [i, `${i + 1} of ${att.heads}`]);
       fillSelect($("layer"), [...layers, ["mean", "mean of layers"]], att.layers - 1);
@@ -281,6 +304,7 @@ async function init() {
     fillSelect($("beam"), beams, 1);
     fillSelect($("caption-beam"), beams, 1);
     $("source").maxLength = health.limits.max_chars;
+    $("key-row").hidden = !health.api_key_required;
     $("translate-section").hidden = !health.capabilities.translate;
     $("caption-section").hidden = !health.capabilities.caption;
     document.body.dataset.ready = "true";
