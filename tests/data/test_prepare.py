@@ -145,3 +145,19 @@ def test_tokenizer_fingerprint_survives_save_and_load(tmp_path):
     assert TokenizerPair.load(tmp_path).fingerprint() == tok.fingerprint()
     other = TokenizerPair.train(corpus(200, seed=1), vocab_size=90)
     assert other.fingerprint() != tok.fingerprint()
+
+
+def test_word_cached_encoder_gives_the_tokenizers_ids(multi30k_dir):
+    from attnlab.data.prepare import WordCachedEncoder
+
+    de = list(stream_lines(multi30k_dir / "raw" / "train.de.gz"))[:3000]
+    joined = [" ".join(de[i:i + 3]) for i in range(0, 3000, 3)]  # longer sentences, as the benchmark's
+    odd = ["", " ", "a  b", " lead", "trail ", "tab\there", "einer \tWasser", "nbsp\u00a0x", "\ufb01 ligature", "x\u3000y",
+           "</s> <pad>", "a,b. c!", "e\u0301 combining", "\u2028 ls", "z\x85", "Ä Å ß", "😀 emoji"]
+    tok = TokenizerPair.train([(s, s) for s in de], vocab_size=500).src
+    texts = de[:1000] + odd + joined + odd
+    encoder = WordCachedEncoder(tok, max_words=400)  # small: the cache is emptied on the way
+    got = encoder.encode_batch(texts[:700]) + encoder.encode_batch(texts[700:])
+    assert got == tok.encode_batch(texts)
+    flat, lengths = encoder.encode_flat(odd)
+    assert lengths.tolist() == [len(ids) for ids in tok.encode_batch(odd)] and lengths[0] == 0

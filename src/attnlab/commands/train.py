@@ -15,8 +15,9 @@ from attnlab.training.config import TrainConfig, coerce
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description=__doc__)
-    p.add_argument("--task", default="dates",
-                   help="multi30k | wmt14 | files | dates | numbers | copy | reverse | captions | scenes (default: dates)")
+    p.add_argument("--task", default=None,
+                   help="multi30k | wmt14 | files | dates | numbers | copy | reverse | captions | scenes "
+                        "(default: dates; files with --data-bin)")
     add_corpus_args(p)
     p.add_argument("--data-bin", default=None,
                    help="a dataset made by `attnlab prepare` (multi30k, files, wmt14); default: prepared into RUN/data")
@@ -62,7 +63,7 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
 def add_prepare_args(p: argparse.ArgumentParser) -> None:
     """Options of the binarized-dataset preparation (attnlab prepare; attnlab train prepares implicitly)."""
     p.add_argument("--tokenizer-sample", type=int, default=None,
-                   help="training pairs (a seeded uniform sample) the tokenizer learns from (default 1,000,000)")
+                   help="training pairs (a seeded uniform sample) the tokenizer learns from (default 200,000)")
     p.add_argument("--max-ratio", type=float, default=None,
                    help="drop pairs whose token counts differ by more than this factor (default 9; wmt14 1.5)")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per CPU core)")

@@ -40,7 +40,7 @@ class PrepareConfig:
     vocab_size: int = 8000
     joint: bool = True
     subword_model: str = "bpe"
-    tokenizer_sample: int = 1_000_000  # training pairs the tokenizer learns from (a seeded uniform sample)
+    tokenizer_sample: int = 200_000  # training pairs the tokenizer learns from (a seeded uniform sample)
     max_len: int = 256  # pairs with a side longer than this many tokens (with BOS/EOS) are dropped
     max_ratio: float = 9.0  # pairs whose longer side has more than this many times the tokens of the other
     seed: int = 0
@@ -67,13 +67,86 @@ def _init_worker(src_json: str, tgt_json: str | None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core; no thread pool inside each
     from tokenizers import Tokenizer
 
-    src = SubwordTokenizer(Tokenizer.from_str(src_json))
+    src = WordCachedEncoder(SubwordTokenizer(Tokenizer.from_str(src_json)))
     _WORKER["src"] = src
-    _WORKER["tgt"] = SubwordTokenizer(Tokenizer.from_str(tgt_json)) if tgt_json else src
+    _WORKER["tgt"] = WordCachedEncoder(SubwordTokenizer(Tokenizer.from_str(tgt_json))) if tgt_json else src
 
 
-def encode_side(tok: SubwordTokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+class WordCachedEncoder:
+    """`tok.encode_batch` with the ids of each space-separated word cached: the same ids (tested on Multi30k and
+    on odd whitespace and Unicode), several times faster on a corpus, whose words repeat (Zipf).
+
+    Why it is exact: the tokenizer normalises (NFKC, strip), then Metaspace splits at " " and marks each word's
+    start with "▁", then punctuation is split off, and BPE never merges across those splits; so a sentence's ids
+    are its words' ids, each word encoded alone. A sentence takes the word path only when nothing changes that:
+    already NFKC, and single " " between words with no other whitespace anywhere (splitting at " " gives what
+    str.split() gives, whose whitespace includes all of Unicode's White_Space). Others go to the tokenizer
+    whole. Words are looked up in C (map over a dict) and their ids gathered with numpy; the cache is emptied
+    when it holds `max_words` words, so memory stays bounded."""
+
+    def __init__(self, tok: SubwordTokenizer, max_words: int = 500_000):
+        self.tok = tok
+        self.max_words = max_words
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index: dict[str, int] = {}  # word -> its row in the cache
+        self.ids = np.zeros(0, np.int64)  # the cached words' ids back to back
+        self.starts = np.zeros(0, np.int64)  # (words,) where each word's ids start in self.ids
+        self.lengths = np.zeros(0, np.int64)  # (words,)
+
+    def _add(self, words: list[str]) -> None:
+        encoded = self.tok.encode_batch(words)
+        lengths = np.fromiter(map(len, encoded), np.int64, count=len(words))
+        self.index.update(zip(words, range(len(self.index), len(self.index) + len(words))))
+        self.starts = np.concatenate([self.starts, len(self.ids) + np.cumsum(lengths) - lengths])
+        self.lengths = np.concatenate([self.lengths, lengths])
+        self.ids = np.concatenate([self.ids, np.fromiter(chain.from_iterable(encoded), np.int64, count=int(lengths.sum()))])
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids back to back (int64) and lengths (int32) of the sentences."""
+        import unicodedata
+
+        split = [text.split(" ") for text in texts]
+        fast = np.fromiter((w == t.split() and unicodedata.is_normalized("NFKC", t) and t != ""
+                            for w, t in zip(split, texts)), bool, count=len(texts))
+        fast_words = [w for w, ok in zip(split, fast) if ok]
+        words = list(chain.from_iterable(fast_words))
+        if len(self.index) > self.max_words:
+            self._reset()
+        missing = list(set(words).difference(self.index))
+        if missing:
+            self._add(missing)
+        rows = np.fromiter(map(self.index.__getitem__, words), np.int64, count=len(words))  # (W,)
+        word_len = self.lengths[rows]  # (W,) tokens of each word
+        n_words = np.fromiter(map(len, fast_words), np.int64, count=len(fast_words))  # (S_fast,)
+        lengths = np.zeros(len(texts), np.int64)
+        lengths[fast] = np.add.reduceat(word_len, np.cumsum(n_words) - n_words) if len(words) else 0
+        slow = np.flatnonzero(~fast)
+        slow_ids = self.tok.encode_batch([texts[i] for i in slow]) if len(slow) else []
+        lengths[slow] = np.fromiter(map(len, slow_ids), np.int64, count=len(slow_ids))
+        out = np.empty(int(lengths.sum()), np.int64)
+        sent_start = np.cumsum(lengths) - lengths  # (S,) where each sentence starts in `out`
+        # the fast sentences' tokens are their words' tokens in order: gather them, then place each sentence's
+        total = int(word_len.sum())
+        if total:
+            within = np.arange(total) - np.repeat(np.cumsum(word_len) - word_len, word_len)
+            tokens = self.ids[np.repeat(self.starts[rows], word_len) + within]
+            fast_len = lengths[fast]
+            out[np.repeat(sent_start[fast] - (np.cumsum(fast_len) - fast_len), fast_len) + np.arange(total)] = tokens
+        for i, ids in zip(slow.tolist(), slow_ids):
+            out[sent_start[i]:sent_start[i] + len(ids)] = ids
+        return out, lengths.astype(np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        flat, lengths = self.encode_flat(texts)
+        return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])] if len(texts) else []
+
+
+def encode_side(tok: SubwordTokenizer | WordCachedEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Ids back to back (int64) and lengths (int32) of a list of sentences."""
+    if isinstance(tok, WordCachedEncoder):
+        return tok.encode_flat(texts)
     ids = tok.encode_batch(texts)
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))

@@ -108,6 +108,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Command-line values that cannot work, as one-line errors before anything is built or written."""
     if not str(args.out).strip():
         raise ValueError("--out is empty; name the run directory")
+    if args.task is None:
+        args.task = "files" if getattr(args, "data_bin", None) else "dates"
     known = (*TRANSLATION_TASKS, *CAPTION_TASKS)
     if not args.resume and args.task not in known:
         raise ValueError(f"unknown task {args.task!r}; choose from {', '.join(known)}")
