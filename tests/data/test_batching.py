@@ -90,3 +90,49 @@ def test_encode_pairs_adds_eos_and_bos_and_warns_on_truncation():
     with pytest.warns(UserWarning, match="1 of 1 examples"):
         out = encode_pairs([("a b c d e", "a b c d e")], Pair(), max_len=4)
     assert out == [([11, 11, 11, 2], [1, 11, 11, 2])]
+
+
+def test_numpy_lengths_of_a_large_corpus_every_example_once_under_budget():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, 120, size=200_000).astype(np.int32)  # WMT-like spread, and a few over the budget
+    tgt = np.clip(src + rng.integers(-5, 6, size=src.size), 1, None).astype(np.int32)
+    src[:3] = 5000
+    sampler = TokenBatchSampler(src, tgt, max_tokens=4000, seed=3, max_sentences=64)
+    longest = np.maximum(src, tgt)
+    batches = [sampler.batch(k) for k in range(len(sampler))]
+    seen = np.sort(np.concatenate(batches))
+    assert np.array_equal(seen, np.arange(src.size))  # every example exactly once
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or longest[b].max() * len(b) <= 4000  # an over-long example alone in its batch
+    assert sum(len(b) == 1 for b in batches if longest[b].max() > 4000) == 3
+    padded = sum(int(longest[b].max()) * len(b) for b in batches)
+    assert padded / longest.sum() < 1.02  # sorted by length: almost no padding
+    assert [b.tolist() for b in batches[:5]] == list(sampler)[:5]
+
+
+def test_epoch_order_changes_with_the_epoch_and_is_the_same_for_the_same_epoch():
+    src, tgt = lengths(2000)
+    a = TokenBatchSampler(src, tgt, 600, seed=9)
+    epoch0 = list(a)
+    a.set_epoch(1)
+    epoch1 = list(a)
+    assert epoch0 != epoch1 and sorted(map(sorted, epoch0)) != sorted(map(sorted, epoch1))  # new batches, new order
+    b = TokenBatchSampler(src, tgt, 600, seed=9)
+    b.set_epoch(1)
+    assert [b.batch(k).tolist() for k in range(len(b))] == epoch1  # a resumed run finds the same k-th batch
+
+
+def test_rank_shards_cover_the_epoch_and_are_disjoint():
+    src, tgt = lengths(1000)
+    full = TokenBatchSampler(src, tgt, 500, seed=4).all_batches()
+    shards = [list(TokenBatchSampler(src, tgt, 500, seed=4, num_replicas=4, rank=r)) for r in range(4)]
+    assert len({len(s) for s in shards}) == 1  # equally long
+    pad = len(shards[0]) * 4 - len(full)
+    flat = [tuple(b) for s in shards for b in s]
+    assert sorted(flat) == sorted([tuple(b) for b in full] + [tuple(b) for b in full[:pad]])
+    owned = [{i for b in s for i in b} for s in shards]
+    if pad == 0:
+        assert all(not (owned[i] & owned[j]) for i in range(4) for j in range(i + 1, 4))

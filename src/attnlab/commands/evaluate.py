@@ -33,13 +33,12 @@ def load_pairs(args: argparse.Namespace, meta: dict) -> tuple[list[str], list[st
 
         pairs = read_parallel(args.src, args.ref)
     elif args.split:
-        from attnlab.tasks import TaskSpec, load_corpus
+        from attnlab.tasks import TaskSpec, eval_pairs
 
         spec = TaskSpec(**{k: v for k, v in meta["task"].items() if k in TaskSpec.__dataclass_fields__})
         if args.data_dir:
             spec.data_dir = args.data_dir
-        corpus = load_corpus(spec)
-        pairs = corpus.test if args.split == "test" else corpus.valid
+        pairs = eval_pairs(spec, args.split)
         if not pairs:
             raise ValueError(f"the task {spec.task!r} has no {args.split} split; pass --src and --ref")
     else:

@@ -11,16 +11,13 @@ from attnlab.config import TRANSFORMER_PRESETS
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model", description=__doc__)
-    p.add_argument("--task", default="dates",
-                   help="multi30k | dates | numbers | copy | reverse | files | captions | scenes (default: dates)")
-    p.add_argument("--src-lang", default=None)
-    p.add_argument("--tgt-lang", default=None)
-    p.add_argument("--data-dir", default=None, help="local copy of the data (e.g. ../shared/data/multi30k)")
-    for split in ("train", "valid", "test"):
-        p.add_argument(f"--{split}-src", default=None, help=f"{split} source file (--task files)")
-        p.add_argument(f"--{split}-tgt", default=None, help=f"{split} target file (--task files)")
-    p.add_argument("--train-tsv", default=None, help="tab-separated source<TAB>target (--task files)")
-    p.add_argument("--valid-tsv", default=None)
+    p.add_argument("--task", default=None,
+                   help="multi30k | wmt14 | files | dates | numbers | copy | reverse | captions | scenes "
+                        "(default: dates; files with --data-bin)")
+    add_corpus_args(p)
+    p.add_argument("--data-bin", default=None,
+                   help="a dataset made by `attnlab prepare` (multi30k, files, wmt14); default: prepared into RUN/data")
+    add_prepare_args(p)
     p.add_argument("--captions-tsv", default=None, help="--task captions: TSV of captions (coco_mini format)")
     p.add_argument("--coco-json", default=None, help="--task captions: COCO-format captions JSON")
     p.add_argument("--image-dir", default=None, help="--task captions: folder of the images of --coco-json")
@@ -44,6 +41,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """Where a translation task's text is (attnlab train and attnlab prepare)."""
+    p.add_argument("--src-lang", default=None)
+    p.add_argument("--tgt-lang", default=None)
+    p.add_argument("--data-dir", default=None, help="local copy of the data (e.g. ../shared/data/multi30k; "
+                                                   "wmt14: the folder of its .tgz files, default ~/.cache/attnlab/wmt14)")
+    for split in ("train", "valid", "test"):
+        p.add_argument(f"--{split}-src", default=None, help=f"{split} source file (--task files)")
+        p.add_argument(f"--{split}-tgt", default=None, help=f"{split} target file (--task files)")
+    p.add_argument("--train-tsv", default=None, help="tab-separated source<TAB>target (--task files)")
+    p.add_argument("--valid-tsv", default=None)
+
+
+def add_prepare_args(p: argparse.ArgumentParser) -> None:
+    """Options of the binarized-dataset preparation (attnlab prepare; attnlab train prepares implicitly)."""
+    p.add_argument("--tokenizer-sample", type=int, default=None,
+                   help="training pairs (a seeded uniform sample) the tokenizer learns from (default 200,000)")
+    p.add_argument("--max-ratio", type=float, default=None,
+                   help="drop pairs whose token counts differ by more than this factor (default 9; wmt14 1.5)")
+    p.add_argument("--workers", type=int, default=None, help="encoding processes (default: one per CPU core)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,11 @@ built by the model from pad_id (bool, True = may attend); `Batch.src_mask` gives
 """
 from __future__ import annotations
 
-import random
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -71,22 +71,25 @@ def collate(examples: Sequence[Example], pad_id: int = 0) -> Batch:
 class TokenBatchSampler:
     """Yields lists of example indices whose padded size (batch x longest) stays under max_tokens.
 
-    Bucketing: shuffle, cut into chunks of ~100 batches, sort each chunk by length, make batches, then
-    shuffle the order of the batches. An example longer than max_tokens gets a batch of its own.
-    With num_replicas > 1 each rank gets a disjoint, equal-length share of the batches (the last
-    batches are repeated if needed, as DistributedSampler does).
+    Works on numpy arrays of lengths, never Python lists of the corpus, so a corpus of millions of pairs costs a
+    few bytes per example. Bucketing (fairseq's): examples sorted by length (ties broken at random), cut into
+    batches in one pass over the batches, not the examples; then the order of the batches is shuffled by
+    (seed, epoch). An example longer than max_tokens gets a batch of its own. With num_replicas > 1 each rank
+    gets a disjoint, equal-length share of the batches (the last batches are repeated if needed, as
+    DistributedSampler does). `batch(k)` is the k-th batch of this rank in the current epoch.
     """
 
-    def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int,
-                 shuffle: bool = True, seed: int = 0, bucket: bool = True, num_replicas: int = 1, rank: int = 0,
-                 max_sentences: int = 0):
-        if len(src_lengths) != len(tgt_lengths):
+    def __init__(self, src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray,
+                 max_tokens: int, shuffle: bool = True, seed: int = 0, bucket: bool = True, num_replicas: int = 1,
+                 rank: int = 0, max_sentences: int = 0):
+        src, tgt = np.asarray(src_lengths), np.asarray(tgt_lengths)
+        if src.shape != tgt.shape:
             raise ValueError("src_lengths and tgt_lengths differ in length")
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
-        self.lengths = [max(s, t) for s, t in zip(src_lengths, tgt_lengths)]
+        self.lengths = np.maximum(src, tgt).astype(np.int32, copy=False)  # (N,)
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
@@ -95,51 +98,76 @@ class TokenBatchSampler:
         self.rank = rank
         self.max_sentences = max_sentences
         self.epoch = 0
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None  # epoch, order, starts, batch order
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _make_batches(self, order: list[int]) -> list[list[int]]:
-        batches, current, longest = [], [], 0
-        for i in order:
-            n = self.lengths[i]
+    def _rng(self, salt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, salt])
+
+    def _order(self) -> np.ndarray:
+        """Example indices in the order batches are cut from, (N,) int64."""
+        n = len(self.lengths)
+        if self.shuffle:
+            order = self._rng(0).permutation(n)
+            if self.bucket:  # by length; the shuffle above breaks ties at random
+                order = order[np.argsort(self.lengths[order], kind="stable")]
+            return order
+        return np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
+
+    def _cut(self, sorted_lengths: np.ndarray) -> np.ndarray:
+        """Batch start positions in ascending lengths: one step per batch, a search in a window of the next
+        max_tokens // shortest examples. Returns (n_batches + 1,) with the end appended."""
+        n, budget, cap = len(sorted_lengths), self.max_tokens, self.max_sentences
+        starts, i = [], 0
+        while i < n:
+            window = max(1, budget // max(int(sorted_lengths[i]), 1))
+            if cap:
+                window = min(window, cap)
+            cost = sorted_lengths[i:i + window].astype(np.int64) * np.arange(1, min(window, n - i) + 1)
+            starts.append(i)
+            i += max(1, int(np.searchsorted(cost, budget, side="right")))
+        return np.array(starts + [n], dtype=np.int64)
+
+    def _cut_unsorted(self, lengths: np.ndarray) -> np.ndarray:
+        starts, longest, count = [0], 0, 0
+        for pos, n in enumerate(lengths.tolist()):
             new_longest = max(longest, n)
-            too_many = self.max_sentences and len(current) >= self.max_sentences
-            if current and (new_longest * (len(current) + 1) > self.max_tokens or too_many):
-                batches.append(current)
-                current, new_longest = [], n
-            current.append(i)
+            full = self.max_sentences and count >= self.max_sentences
+            if count and (new_longest * (count + 1) > self.max_tokens or full):
+                starts.append(pos)
+                count, new_longest = 0, n
+            count += 1
             longest = new_longest
-        if current:
-            batches.append(current)
-        return batches
+        return np.array(starts + [len(lengths)], dtype=np.int64)
+
+    def _epoch_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            order = self._order()
+            ordered = self.lengths[order]
+            bounds = self._cut(ordered) if self.bucket else self._cut_unsorted(ordered)
+            n_batches = len(bounds) - 1
+            batch_order = self._rng(1).permutation(n_batches) if self.shuffle else np.arange(n_batches)
+            if self.num_replicas > 1:  # pad to a multiple of the ranks, then every num_replicas-th batch
+                per_rank = -(-n_batches // self.num_replicas)
+                batch_order = np.resize(batch_order, per_rank * self.num_replicas)[self.rank::self.num_replicas]
+            self._cache = (self.epoch, order, bounds, batch_order)
+        return self._cache[1], self._cache[2], self._cache[3]
+
+    def batch(self, k: int) -> np.ndarray:
+        order, bounds, batch_order = self._epoch_plan()
+        b = batch_order[k]
+        return order[bounds[b]:bounds[b + 1]]
 
     def all_batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(order)
-        if self.bucket:
-            approx = max(1, self.max_tokens // max(1, int(sum(self.lengths) / max(len(self.lengths), 1))))
-            chunk = max(approx * 100, 1)
-            batches = []
-            for start in range(0, len(order), chunk):
-                part = sorted(order[start:start + chunk], key=lambda i: self.lengths[i])
-                batches.extend(self._make_batches(part))
-        else:
-            batches = self._make_batches(order)
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
+        """Every batch of the epoch, before the split across ranks (small corpora and tests)."""
+        order, bounds, _ = self._epoch_plan()
+        batch_order = self._rng(1).permutation(len(bounds) - 1) if self.shuffle else np.arange(len(bounds) - 1)
+        return [order[bounds[b]:bounds[b + 1]].tolist() for b in batch_order]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.all_batches()
-        if self.num_replicas > 1:
-            per_rank = -(-len(batches) // self.num_replicas)
-            batches = batches + batches[: per_rank * self.num_replicas - len(batches)]
-            batches = batches[self.rank::self.num_replicas]
-        return iter(batches)
+        return (self.batch(k).tolist() for k in range(len(self)))
 
     def __len__(self) -> int:
-        n = len(self.all_batches())
-        return -(-n // self.num_replicas)
+        return len(self._epoch_plan()[2])

@@ -6,12 +6,10 @@ The data is for non-commercial research and education use: it is never bundled w
 """
 from __future__ import annotations
 
-import os
-import tempfile
-import urllib.request
 from pathlib import Path
 
 from attnlab.data.corpora import ParallelCorpus, read_parallel
+from attnlab.data.download import fetch_url
 
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 LANGS = ("de", "en", "fr", "cs")
@@ -34,25 +32,12 @@ def _find(data_dir: Path | None, split: str, lang: str) -> Path | None:
 
 def download(split: str, lang: str, download_dir: Path, timeout: float = 30.0) -> Path:
     """Fetch one official file atomically (temp file, then rename)."""
-    download_dir.mkdir(parents=True, exist_ok=True)
-    target = download_dir / f"{split}.{lang}.gz"
-    if target.is_file():
-        return target
-    url = f"{BASE_URL}/{split}.{lang}.gz"
-    fd, tmp = tempfile.mkstemp(dir=download_dir, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(1 << 16):
-                out.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return fetch_url(f"{BASE_URL}/{split}.{lang}.gz", download_dir / f"{split}.{lang}.gz", timeout)
 
 
-def load_multi30k(src_lang: str = "de", tgt_lang: str = "en", data_dir: str | Path | None = None,
-                  download_dir: str | Path | None = None) -> ParallelCorpus:
+def multi30k_paths(src_lang: str = "de", tgt_lang: str = "en", data_dir: str | Path | None = None,
+                   download_dir: str | Path | None = None) -> dict[str, tuple[Path, Path]]:
+    """{"train" | "valid" | "test": (source file, target file)}: the local copy, else downloaded."""
     for lang in (src_lang, tgt_lang):
         if lang not in LANGS:
             raise ValueError(f"Multi30k has no language {lang!r}; choose from {', '.join(LANGS)}")
@@ -72,5 +57,12 @@ def load_multi30k(src_lang: str = "de", tgt_lang: str = "en", data_dir: str | Pa
                     raise RuntimeError(f"Multi30k file {split}.{lang}.gz not found in {where} and download failed "
                                        f"({type(err).__name__}: {err}); pass --data-dir") from None
             paths.append(path)
-        splits[key] = read_parallel(*paths)
+        splits[key] = (paths[0], paths[1])
+    return splits
+
+
+def load_multi30k(src_lang: str = "de", tgt_lang: str = "en", data_dir: str | Path | None = None,
+                  download_dir: str | Path | None = None) -> ParallelCorpus:
+    paths = multi30k_paths(src_lang, tgt_lang, data_dir, download_dir)
+    splits = {key: read_parallel(*pair) for key, pair in paths.items()}
     return ParallelCorpus("multi30k", src_lang, tgt_lang, splits["train"], splits["valid"], splits["test"])

@@ -79,10 +79,13 @@ class SubwordTokenizer:
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(int(i)) or "<unk>"
 
+    def to_str(self) -> str:
+        return self._tok.to_str(pretty=False)
+
     def save(self, path: str | Path) -> None:
         from attnlab.io import atomic_write_bytes
 
-        atomic_write_bytes(Path(path), self._tok.to_str(pretty=False).encode())
+        atomic_write_bytes(Path(path), self.to_str().encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "SubwordTokenizer":
@@ -113,6 +116,15 @@ class TokenizerPair:
             return cls(tok, tok, True)
         return cls(SubwordTokenizer.train((s for s, _ in pairs), vocab_size, model),
                    SubwordTokenizer.train((t for _, t in pairs), vocab_size, model), False)
+
+    def fingerprint(self) -> str:
+        """sha256 of the tokenizer(s) as saved: what a prepared dataset records (data/binarized.py)."""
+        import hashlib
+
+        h = hashlib.sha256(self.src.to_str().encode())
+        if not self.joint:
+            h.update(b"\0" + self.tgt.to_str().encode())
+        return h.hexdigest()
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -17,8 +17,11 @@ from attnlab.data.batching import encode_pairs
 from attnlab.pipelines.captioning import CAPTION_TASKS
 from attnlab.models.registry import build_model, family, supports
 from attnlab.run_dir import command_record, load_tokenizers, read_run_config, write_run_config
-from attnlab.tasks import TRANSLATION_TASKS, TaskSpec, build_tokenizers, load_corpus
-from attnlab.training.config import TrainConfig
+from attnlab.data.binarized import BinarizedPairs, open_manifest
+from attnlab.data.prepare import PrepareConfig, prepare_dataset, read_texts
+from attnlab.data.tokenizer import TokenizerPair
+from attnlab.tasks import PREPARED, TRANSLATION_TASKS, TaskSpec, build_tokenizers, corpus_sources, load_corpus
+from attnlab.training.config import TrainConfig, coerce
 from attnlab.training.distributed import is_main_process, on_rank0, process_group
 from attnlab.training.loop import Trainer, ValidationSet
 from attnlab.translate import DecodeConfig, Translator
@@ -48,6 +51,13 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "files": {"preset": "small", "vocab_size": 8000, "model": {"share_embeddings": True}, "train": {},
               "rnn_train": {"max_tokens": 2500, "warmup_steps": 500}},
 }
+# the paper's base recipe (section 5): shared 37k BPE, ~25,000 source + ~25,000 target tokens per step (here
+# 6,250 padded tokens x 4 accumulated batches on one process; with 8 processes use accum_steps=1 and
+# max_tokens=3125), 4,000 warm-up steps, the last 5 checkpoints averaged; pairs cleaned as fairseq's recipe
+TASK_DEFAULTS["wmt14"] = {"preset": "base", "vocab_size": 37000, "src_lang": "en", "tgt_lang": "de", "max_ratio": 1.5,
+                          "model": {"share_embeddings": True},
+                          "train": {"max_tokens": 6250, "accum_steps": 4, "warmup_steps": 4000, "eval_every": 1000,
+                                    "eval_bleu_sentences": 500, "average_last": 5, "keep_last": 5}}
 TASK_DEFAULTS["reverse"] = TASK_DEFAULTS["copy"]
 
 
@@ -97,13 +107,17 @@ def check_args(args: argparse.Namespace) -> None:
     """Command-line values that cannot work, as one-line errors before anything is built or written."""
     if not str(args.out).strip():
         raise ValueError("--out is empty; name the run directory")
+    if args.task is None:
+        args.task = "files" if getattr(args, "data_bin", None) else "dates"
     known = (*TRANSLATION_TASKS, *CAPTION_TASKS)
     if not args.resume and args.task not in known:
         raise ValueError(f"unknown task {args.task!r}; choose from {', '.join(known)}")
-    for flag in ("n_train", "vocab_size", "max_value"):
+    for flag in ("n_train", "vocab_size", "max_value", "tokenizer_sample", "workers"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if getattr(args, "max_ratio", None) is not None and not args.max_ratio >= 1:
+        raise ValueError(f"--max-ratio must be >= 1, got {args.max_ratio}")
     if args.arch is not None:
         family(args.arch)  # unknown architecture -> its one-line error
         if not args.resume and (args.task in CAPTION_TASKS) != supports(args.arch, "captioning"):
@@ -182,17 +196,26 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
             train_values[flag] = getattr(args, flag)
     train_cfg = TrainConfig.from_dict(train_values)
 
-    corpus = load_corpus(spec)  # every rank reads the data (the same files on every machine)
+    if spec.task in PREPARED:  # a binarized dataset, prepared once (on rank 0) and memory-mapped by every rank
+        max_len = int(coerce(overrides["max_len"], 0)) if "max_len" in overrides else train_cfg.max_len
+        data_dir, tokenizers = _prepared(args, spec, out, max_len, tokenizers)
+        spec.data_bin = str(data_dir)
+        corpus = None
+    else:
+        corpus = load_corpus(spec)  # every rank reads the data (the same files on every machine)
     if tokenizers is None:
         d = _defaults(args.task)
 
-        def new_tokenizers() -> Any:  # trained once, on rank 0, and sent to the other ranks
+        def new_tokenizers() -> Any:
+            assert corpus is not None  # trained once, on rank 0, and sent to the other ranks
             toks = build_tokenizers(corpus, args.vocab_size or d["vocab_size"], joint=not args.separate_vocab)
             out.mkdir(parents=True, exist_ok=True)
             toks.save(out)
             return toks
 
         tokenizers = on_rank0(new_tokenizers)
+    if not resuming:
+        d = _defaults(args.task)
         preset = args.preset or (d["preset"] if arch == "transformer" else _rnn_preset(args.task))
         model_values = model_config_values(arch, preset,
                                            tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
@@ -207,12 +230,19 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
                                       {"kind": "subword", "joint": tokenizers.joint},
                                       command_record(args, meta)))
 
-    train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
-    valid = ValidationSet(
-        examples=encode_pairs(corpus.valid, tokenizers, max_len=train_cfg.max_len),
-        sources=[s for s, _ in corpus.valid],
-        references=[t for _, t in corpus.valid],
-    )
+    if corpus is None:
+        train_examples: Any = BinarizedPairs(Path(spec.data_bin), "train")
+        sources, references = read_texts(spec.data_bin, "valid")
+        examples = [_truncated(e, train_cfg.max_len) for e in BinarizedPairs(Path(spec.data_bin), "valid")] \
+            if sources else []
+        valid = ValidationSet(examples=examples, sources=sources, references=references)
+    else:
+        train_examples = encode_pairs(corpus.train, tokenizers, max_len=train_cfg.max_len)
+        valid = ValidationSet(
+            examples=encode_pairs(corpus.valid, tokenizers, max_len=train_cfg.max_len),
+            sources=[s for s, _ in corpus.valid],
+            references=[t for _, t in corpus.valid],
+        )
     n_params = sum(p.numel() for p in model.parameters())
     if not args.no_progress and is_main_process():
         print(f"attnlab train: {arch} with {n_params / 1e6:.2f}M parameters on {spec.task} "
@@ -225,6 +255,44 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
     summary = trainer.fit(resume=resuming)
     summary.update(run_dir=str(out), parameters=n_params, task=spec.task, arch=arch)
     return summary
+
+
+def _truncated(example: tuple[list[int], list[int]], max_len: int) -> tuple[list[int], list[int]]:
+    """A validation example cut to max_len tokens (its loss only; BLEU uses the whole sentence)."""
+    src, tgt = example
+    if len(src) <= max_len and len(tgt) <= max_len:
+        return example
+    return src[: max_len - 1] + src[-1:], tgt[: max_len - 1] + tgt[-1:]
+
+
+def prepare_config(args: argparse.Namespace, spec: TaskSpec, max_len: int) -> PrepareConfig:
+    d = _defaults(spec.task)
+    return PrepareConfig(vocab_size=getattr(args, "vocab_size", None) or d["vocab_size"],
+                         joint=not getattr(args, "separate_vocab", False),
+                         tokenizer_sample=getattr(args, "tokenizer_sample", None) or PrepareConfig.tokenizer_sample,
+                         max_len=max_len, max_ratio=getattr(args, "max_ratio", None) or d.get("max_ratio", 9.0),
+                         seed=spec.seed, workers=getattr(args, "workers", None) or 0)
+
+
+def _prepared(args: argparse.Namespace, spec: TaskSpec, out: Path, max_len: int,
+              tokenizers: Any) -> tuple[Path, Any]:
+    """The prepared dataset of the run (and its tokenizers): --data-bin, the run's own (RUN/data, prepared
+    here on first use, resumed if a preparation was killed), or the one a resumed run recorded."""
+    data_dir = Path(getattr(args, "data_bin", None) or spec.data_bin or out / "data").resolve()
+
+    def prepare() -> None:
+        done = (data_dir / "manifest.json").is_file()
+        if done and (tokenizers is not None or getattr(args, "data_bin", None)):  # made by attnlab prepare, or resumed
+            open_manifest(data_dir, tokenizers.fingerprint() if tokenizers is not None else None)
+            return
+        say = (lambda msg: print(f"attnlab prepare: {msg}", flush=True)) if not args.no_progress else (lambda msg: None)
+        prepare_dataset(corpus_sources(spec), data_dir, prepare_config(args, spec, max_len), tokenizers, log=say)
+
+    on_rank0(prepare)
+    if tokenizers is None:
+        tokenizers = TokenizerPair.load(data_dir)
+        on_rank0(lambda: tokenizers.save(out))
+    return data_dir, tokenizers
 
 
 __all__ = ["train_from_args", "TASK_DEFAULTS", "model_config_values", "TransformerConfig"]

@@ -73,7 +73,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train: list[Example],
+        train: Sequence[Example] | Any,  # a list of examples, or a BinarizedPairs
         valid: ValidationSet | None,
         cfg: TrainConfig,
         run_dir: str | Path,
@@ -121,8 +121,11 @@ class Trainer:
         )
         self.scheduler = inverse_sqrt_schedule(self.optimizer, d_model, cfg.warmup_steps, cfg.lr_scale)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        src_len = [self._length(ex[0]) for ex in train]
-        tgt_len = [len(ex[1]) for ex in train]
+        if hasattr(train, "example_lengths"):  # a binarized dataset (data/binarized.py): numpy lengths, memmapped ids
+            src_len, tgt_len = train.example_lengths()
+        else:
+            src_len = [self._length(ex[0]) for ex in train]
+            tgt_len = [len(ex[1]) for ex in train]
         self.sampler = TokenBatchSampler(src_len, tgt_len, cfg.max_tokens, shuffle=True, seed=cfg.seed,
                                          num_replicas=self.world, rank=self.rank)
         self.step = 0
@@ -187,6 +190,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _train_batch(self, idx: Any) -> Batch:
+        if hasattr(self.train_data, "batch"):  # gathered straight from the memmaps
+            return self.train_data.batch(idx, self.pad_id).to(self.device)
+        return self.collate_fn([self.train_data[i] for i in idx.tolist()], self.pad_id).to(self.device)
 
     # ---- one optimizer step ----------------------------------------------------------------
     def _forward_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -362,13 +370,12 @@ class Trainer:
         stopped = "budget"
         while not self._out_of_budget():
             self.sampler.set_epoch(self.epoch)
-            batches = list(self.sampler)
+            n_batches = len(self.sampler)  # this rank's batches of the epoch, in the order fixed by (seed, epoch)
             pending: list[Batch] = []
-            while self.batch_in_epoch < len(batches):
-                idx = batches[self.batch_in_epoch]
+            while self.batch_in_epoch < n_batches:
+                pending.append(self._train_batch(self.sampler.batch(self.batch_in_epoch)))
                 self.batch_in_epoch += 1
-                pending.append(self.collate_fn([self.train_data[i] for i in idx], self.pad_id).to(self.device))
-                if len(pending) < cfg.accum_steps and self.batch_in_epoch < len(batches):
+                if len(pending) < cfg.accum_steps and self.batch_in_epoch < n_batches:
                     continue
                 stats = self.train_step(pending)
                 pending = []
@@ -396,7 +403,7 @@ class Trainer:
                     break
             if stopped == "early_stopping":
                 break
-            if self.batch_in_epoch >= len(batches):
+            if self.batch_in_epoch >= n_batches:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         bar.close()
