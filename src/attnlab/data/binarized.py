@@ -191,7 +191,7 @@ class BinarizedPairs:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    from attnlab.training.checkpoint import atomic_write_json
+    from attnlab.io import atomic_write_json
 
     atomic_write_json(Path(directory) / "manifest.json", manifest)
 

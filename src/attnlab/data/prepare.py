@@ -178,7 +178,7 @@ def _encode_chunk(work: str, name: str, srcs: list[str], tgts: list[str], dtype:
         writer.append(ids, lengths)
         writer.finish()
     counts["kept"] = int(len(src_len))
-    from attnlab.training.checkpoint import atomic_write_json
+    from attnlab.io import atomic_write_json
 
     atomic_write_json(Path(work) / f"{name}.json", counts)  # last: the chunk is done
     return counts
@@ -237,7 +237,7 @@ def prepare_dataset(sources: CorpusSources, out: str | Path, cfg: PrepareConfig 
                     log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Prepare (or resume, or find already prepared) the dataset of `sources` in `out`; returns its manifest.
     `tokenizers` given: used as they are (no tokenizer is trained)."""
-    from attnlab.training.checkpoint import atomic_write_bytes, atomic_write_json
+    from attnlab.io import atomic_write_bytes, atomic_write_json
 
     cfg = cfg or PrepareConfig()
     out = Path(out)

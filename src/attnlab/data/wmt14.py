@@ -92,7 +92,7 @@ def sgm_to_text(sgm: Path, out: Path) -> Path:
             match = _SEG.search(line.strip())
             if match:
                 lines.append(re.sub(r"\s+", " ", match.group(1).strip()))
-    from attnlab.training.checkpoint import atomic_write_bytes
+    from attnlab.io import atomic_write_bytes
 
     atomic_write_bytes(out, "".join(s + "\n" for s in lines).encode())
     return out
