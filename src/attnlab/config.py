@@ -22,6 +22,9 @@ TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+ACTIVATIONS = ("relu", "gelu", "silu")  # attnlab.layers.feed_forward
+
+
 @dataclass
 class TransformerConfig:
     """Hyper-parameters of the encoder-decoder Transformer (paper names)."""
@@ -38,7 +41,7 @@ class TransformerConfig:
     dropout: float = 0.1  # P_drop: on each sub-layer output and on the embedding sums
     attn_dropout: float = 0.0  # on attention probabilities (not in the paper; tensor2tensor has it)
     ffn_dropout: float | None = None  # inside the FFN after the activation; None = dropout
-    activation: str = "relu"  # "relu" (paper) or "gelu"
+    activation: str = "relu"  # "relu" (paper), "gelu", or "silu" (swish: x * sigmoid(x), Marian's opus-mt)
     norm_first: bool = False  # False = post-norm as in the paper; True = pre-norm
     layer_norm_eps: float = 1e-5
     positional: str = "sinusoidal"  # "sinusoidal" (paper), "learned", or "none"
@@ -47,6 +50,7 @@ class TransformerConfig:
     tie_output: bool = True  # output projection shares the target embedding matrix (paper, 3.4)
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (paper, 3.4)
     bias: bool = True
+    output_bias: bool = False  # a bias on the output projection (Marian's final_logits_bias)
     pad_id: int = 0
     arch: str = field(default="transformer", repr=False)
 
@@ -59,8 +63,8 @@ class TransformerConfig:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
-        if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.positional not in ("sinusoidal", "learned", "none"):
             raise ValueError(f"positional must be 'sinusoidal', 'learned' or 'none', got {self.positional!r}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:

@@ -100,23 +100,37 @@ def is_marian_dir(path: Path) -> bool:
 
 
 def _load_marian_dir(path: Path, device: str | torch.device) -> LoadedRun:
-    from attnlab.export.hf import load_marian
+    """A Marian directory: published (source.spm, target.spm, vocab.json: decoded as transformers does,
+    attnlab.export.marian_import) or written by `attnlab export --format hf` (attnlab's tokenizer.json)."""
+    from attnlab.data.marian_tokenizer import MarianTokenizerPair, is_marian_tokenizer_dir
+    from attnlab.export.marian_import import generation_defaults, load_marian
 
     model = load_marian(path)
-    try:
-        tokenizers = load_tokenizers(path, {"kind": "subword"})
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is a Hugging Face Marian model without attnlab tokenizer files "
-                              "(tokenizer.json); export it with 'attnlab export --format hf'") from None
-    model.to(device).eval()
     meta = {"arch": "transformer", "model": model.cfg.to_dict(), "tokenizer": {"kind": "subword"}, "task": {},
             "format": "hf-marian"}
+    if is_marian_tokenizer_dir(path):
+        meta["generation"] = generation_defaults(path)
+        meta["tokenizer"] = {"kind": "marian"}
+        tokenizers = MarianTokenizerPair.load(path, meta["generation"]["decoder_start_id"])
+        for side, size in (("source", tokenizers.src.vocab_size), ("target", tokenizers.tgt.vocab_size)):
+            expected = model.cfg.src_vocab_size if side == "source" else model.cfg.tgt_vocab_size
+            if size > expected:
+                raise CheckpointError(f"{path}: the {side} vocabulary has {size} entries but the model {expected}")
+    else:
+        try:
+            tokenizers = load_tokenizers(path, {"kind": "subword"})
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is a Hugging Face Marian model without tokenizer files (source.spm, "
+                                  "target.spm and vocab.json, or attnlab's tokenizer.json)") from None
+    model.to(device).eval()
     return LoadedRun(model, tokenizers, meta, path)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Build the model described by RUN/config.json and load its weights and tokenizer."""
-    path = Path(path)
+    from attnlab.hub import resolve_model
+
+    path = resolve_model(path)
     if is_marian_dir(path):
         return _load_marian_dir(path, device)
     weights = path / "model.safetensors"

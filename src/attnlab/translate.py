@@ -6,6 +6,7 @@ characters map to <unk> in the tokenizer and never crash.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from attnlab.run_dir import LoadedRun, load_run
 
 @dataclass
 class DecodeConfig:
-    beam: int = 1
-    length_penalty: float = 0.6
+    beam: int | None = None  # None: the model's default (a Marian model's num_beams), else 1 (greedy)
+    length_penalty: float | None = None  # None: the model's default (Marian: 1.0), else GNMT alpha 0.6
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
     max_src_len: int = 256  # longer inputs are truncated (with a warning)
@@ -38,12 +39,16 @@ class DecodeConfig:
 
         for name, low in (("beam", 1), ("max_len_b", 0), ("max_src_len", 2), ("batch_tokens", 1), ("n_best", 1)):
             value = getattr(self, name)
+            if name == "beam" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise bad(name, f">= {low}")
-        if self.n_best > self.beam:
+        if self.n_best > (self.beam or 1) and self.beam is not None:
             raise ValueError(f"--n-best must be between 1 and --beam ({self.beam}), got {self.n_best}")
         for name in ("length_penalty", "max_len_a"):
             value = getattr(self, name)
+            if name == "length_penalty" and value is None:
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")
         if self.amp not in ("auto", "none", "bf16"):
@@ -62,6 +67,24 @@ class Translator:
         self.tokenizers = tokenizers
         self.device = torch.device(device)
         self.meta = meta or {}
+        # how transformers decodes a Marian model (attnlab.export.marian_import.generation_defaults); {} otherwise
+        self.generation: dict[str, Any] = self.meta.get("generation") or {}
+
+    def resolve(self, cfg: DecodeConfig) -> DecodeConfig:
+        """`cfg` with the model's defaults where it leaves them open (None), validated."""
+        gen = self.generation
+        beam = cfg.beam if cfg.beam is not None else int(gen.get("num_beams", 1))
+        alpha = cfg.length_penalty if cfg.length_penalty is not None else float(gen.get("length_penalty", 0.6))
+        if cfg.beam is None and cfg.n_best > beam:
+            beam = cfg.n_best
+        return dataclasses.replace(cfg, beam=beam, length_penalty=alpha).validate()
+
+    def _decode_options(self) -> dict[str, Any]:
+        """Marian's generation rules for greedy / beam search (pad banned, forced EOS, length ** alpha)."""
+        gen = self.generation
+        if not gen:
+            return {}
+        return {"banned": gen.get("banned_ids", ()), "force_eos": bool(gen.get("forced_eos"))}
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
@@ -115,6 +138,7 @@ class Translator:
     @torch.no_grad()
     def translate_ids(self, sources: list[list[int]], cfg: DecodeConfig) -> list[list[list[int]]]:
         """Token-id sources -> for each, up to n_best token-id outputs (no BOS/EOS/pad)."""
+        cfg = self.resolve(cfg)
         pad = self.model.pad_id
         results: list[list[list[int]]] = [[] for _ in sources]
         for batch in self._batches([len(s) for s in sources], cfg.batch_tokens):
@@ -124,16 +148,22 @@ class Translator:
                 src[row, : len(sources[i])] = torch.tensor(sources[i])
             src = src.to(self.device)
             max_len = max(1, int(cfg.max_len_a * width + cfg.max_len_b))
+            if self.generation:  # transformers' max_length counts the decoder start token
+                max_len = max(1, min(max_len, int(self.generation["max_length"]) - 1))
             use_bf16 = cfg.amp == "bf16"
+            options = self._decode_options()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if cfg.beam <= 1:
-                    out = greedy(self.model, src, max_len=max_len, bos_id=self.bos_id, eos_id=self.eos_id)
+                    out = greedy(self.model, src, max_len=max_len, bos_id=self.bos_id, eos_id=self.eos_id, **options)
                     for row, i in enumerate(batch):
                         results[i] = [self._strip(out[row].tolist())]
                 else:
+                    if self.generation:
+                        options.update(length_norm="power", early_stopping=self.generation["early_stopping"],
+                                       renormalize=self.generation["renormalize"])
                     hyps = beam_search(self.model, src, beam_size=cfg.beam, max_len=max_len, bos_id=self.bos_id,
                                        eos_id=self.eos_id, length_penalty_alpha=cfg.length_penalty,
-                                       n_best=cfg.n_best)
+                                       n_best=cfg.n_best, **options)
                     for row, i in enumerate(batch):
                         results[i] = [self._strip(h.tokens) for h in hyps[row]]
         return results
@@ -155,7 +185,7 @@ class Translator:
         cfg = cfg or DecodeConfig()
         for key, value in overrides.items():
             setattr(cfg, key, value)
-        cfg.validate()
+        cfg = self.resolve(cfg)
         out: list[list[str]] = [[""] for _ in sentences]
         real = [i for i, s in enumerate(sentences) if s.strip()]
         if not real:

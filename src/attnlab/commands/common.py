@@ -8,8 +8,11 @@ from attnlab.translate import DecodeConfig, Translator
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
-    g.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    g.add_argument("--length-penalty", type=float, default=0.6, help="GNMT length penalty alpha for beam search")
+    g.add_argument("--beam", type=int, default=None,
+                   help="beam size (1 = greedy; default: the model's, a Marian model's num_beams, else 1)")
+    g.add_argument("--length-penalty", type=float, default=None,
+                   help="length penalty alpha for beam search: GNMT's for attnlab models (default 0.6); "
+                        "score / length ** alpha for Marian models, as transformers (default: the model's)")
     g.add_argument("--max-len-a", type=float, default=1.5, help="max output length = a * source length + b")
     g.add_argument("--max-len-b", type=int, default=10)
     g.add_argument("--max-src-len", type=int, default=256, help="longer inputs are truncated with a warning")

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = decode_config(args)
     translator = load_translator(args)
+    cfg = translator.resolve(cfg)
     sources, refs = load_pairs(args, translator.meta)
     t0 = time.perf_counter()
     hyps = translator.translate(sources, cfg)

@@ -5,10 +5,16 @@ extensions are scored; those ending in EOS among the top K are set aside as fini
 others continue. A sentence is done once it has K finished hypotheses (fairseq's rule) and its rows
 are dropped from the batch, so finished sentences cost nothing (pruning). Scores are normalised by
 the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016); alpha = 0 is raw log-prob.
+
+`length_norm="power"` follows transformers' beam search instead (how Marian / opus-mt models are run):
+lp(Y) = |Y| ** alpha, a sentence keeps its K best finished hypotheses (a better one replaces the worst),
+and it is done once its best live hypothesis, normalised at the current length, cannot beat the worst
+finished one (early_stopping=False; with `early_stopping`, as soon as it has K).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -47,8 +53,27 @@ def logsumexp_(logits: Tensor) -> Tensor:
     return top + logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_()
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    return ((5.0 + length) / 6.0) ** alpha
+def length_penalty(length: int, alpha: float, kind: str = "gnmt") -> float:
+    return float(length) ** alpha if kind == "power" else ((5.0 + length) / 6.0) ** alpha
+
+
+def _add_finished(hyps: list[Hypothesis], hyp: Hypothesis, k: int, keep_best: bool) -> None:
+    """The first K (fairseq), or the K best so far (transformers: a better one replaces the worst)."""
+    if len(hyps) < k:
+        hyps.append(hyp)
+    elif keep_best:
+        worst = min(range(k), key=lambda i: hyps[i].score)
+        if hyp.score > hyps[worst].score:
+            hyps[worst] = hyp
+
+
+def _done(hyps: list[Hypothesis], k: int, best_alive: float, length: int, alpha: float, kind: str,
+          early_stopping: bool) -> bool:
+    if len(hyps) < k:
+        return False
+    if kind != "power" or early_stopping:
+        return True
+    return best_alive / length_penalty(length, alpha, kind) <= min(h.score for h in hyps)
 
 
 @torch.no_grad()
@@ -63,8 +88,19 @@ def beam_search(
     n_best: int = 1,
     use_cache: bool = True,
     min_len: int = 0,
+    banned: Sequence[int] = (),
+    force_eos: bool = False,
+    length_norm: str = "gnmt",
+    early_stopping: bool = False,
+    renormalize: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Decode src (B, S); for each sentence return its `n_best` hypotheses, best first."""
+    """Decode src (B, S); for each sentence return its `n_best` hypotheses, best first.
+
+    `banned` ids are never chosen (their probability stays in the softmax's sum unless `renormalize`, as
+    transformers' logits processors do); with `force_eos` a hypothesis reaching max_len ends with EOS
+    at log-prob 0 (forced_eos_token_id). `length_norm`: "gnmt" or "power" (see the module docstring)."""
+    if length_norm not in ("gnmt", "power"):
+        raise ValueError(f"length_norm must be 'gnmt' or 'power', got {length_norm!r}")
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= n_best <= beam_size, got {beam_size}, {n_best}")
     if max_len < 1:
@@ -84,22 +120,29 @@ def beam_search(
         for step in range(max_len):
             logits, state, _ = model.decode_step(tokens, state)
             logits = logits.float()  # (n*K, V)
-            eos_logit = logits[:, eos_id].clone() if step < min_len else None
-            if eos_logit is not None:
-                logits[:, eos_id] = float("-inf")
-            # A sentence's 2K best extensions lie among each of its beams' 2K best tokens, so only those
-            # are scored: (n*K, 2K) candidates instead of log-softmax and top-k over (n, K*V).
+            last = step == max_len - 1
             n, vocab = scores.size(0), logits.size(-1)
-            width = min(2 * k, vocab)
-            best_logits, best_tokens = top_tokens(logits, width)  # (n*K, width)
-            if eos_logit is not None:
-                logits[:, eos_id] = eos_logit
-            lse = logsumexp_(logits)  # log-prob = logit - lse; the logits are used up
+            if force_eos and last:  # every hypothesis ends here, with EOS at log-prob 0
+                width = 1
+                best_logits = logits.new_zeros(n * k, 1)
+                best_tokens = torch.full((n * k, 1), eos_id, dtype=torch.long, device=logits.device)
+                lse = 0.0
+            else:
+                masked = ([eos_id] if step < min_len else []) + list(banned)
+                kept = logits[:, masked].clone() if masked else None
+                if masked:
+                    logits[:, masked] = float("-inf")
+                # A sentence's 2K best extensions lie among each of its beams' 2K best tokens, so only those
+                # are scored: (n*K, 2K) candidates instead of log-softmax and top-k over (n, K*V).
+                width = min(2 * k, vocab)
+                best_logits, best_tokens = top_tokens(logits, width)  # (n*K, width)
+                if masked and not renormalize:  # they stay in the softmax's sum, out of the choice
+                    logits[:, masked] = kept
+                lse = logsumexp_(logits)  # log-prob = logit - lse; the logits are used up
             candidates = (scores.view(-1, 1) + (best_logits - lse)).view(n, k * width)
             top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=1)  # (n, 2K)
             parent = torch.div(top_index, width, rounding_mode="floor")
             token = best_tokens.view(n, k * width).gather(1, top_index)
-            last = step == max_len - 1
 
             # set aside finished hypotheses (EOS among the top K; at the last step, everything)
             ends = token[:, :k] == eos_id
@@ -107,18 +150,18 @@ def beam_search(
                 ends = torch.ones_like(ends)
             if bool(ends.any()):
                 length = step + 1
-                lp = length_penalty(length, length_penalty_alpha)
+                lp = length_penalty(length, length_penalty_alpha, length_norm)
                 rows, cols = ends.nonzero(as_tuple=True)
                 prefix = tokens.view(n, k, -1)[:, :, 1:]
                 for i, j in zip(rows.tolist(), cols.tolist()):
                     s = int(active[i])
-                    if len(finished[s]) >= k:
+                    if len(finished[s]) >= k and length_norm != "power":
                         continue
                     lp_score = float(top_scores[i, j])
                     if lp_score == float("-inf"):
                         continue
                     seq = prefix[i, parent[i, j]].tolist() + [int(token[i, j])]
-                    finished[s].append(Hypothesis(seq, lp_score / lp, lp_score))
+                    _add_finished(finished[s], Hypothesis(seq, lp_score / lp, lp_score), k, length_norm == "power")
             if last:
                 break
 
@@ -128,7 +171,10 @@ def beam_search(
             parent = parent.gather(1, pick)
             token = token.gather(1, pick)
 
-            keep = torch.tensor([len(finished[int(s)]) < k for s in active], dtype=torch.bool)
+            best_alive = alive_scores[:, 0].tolist()
+            keep = torch.tensor([not _done(finished[int(s)], k, best_alive[i], step + 1, length_penalty_alpha,
+                                           length_norm, early_stopping)
+                                 for i, s in enumerate(active)], dtype=torch.bool)
             if not bool(keep.any()):
                 break
             keep_dev = keep.to(device) if device is not None else keep

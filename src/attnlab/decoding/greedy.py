@@ -1,6 +1,8 @@
 """Greedy decoding: at every step take the most probable next token."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -40,12 +42,16 @@ def greedy(
     use_cache: bool = True,
     return_attention: bool = False,
     min_len: int = 0,
+    banned: Sequence[int] = (),
+    force_eos: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Decode src (B, S) -> generated tokens (B, T<=max_len), without BOS; each row ends at its EOS
     (included) and is padded with model.pad_id after it.
 
     With `return_attention`, also returns the attention of every generated token over the
-    source, (B, T, L, H, S). EOS is not chosen before `min_len` tokens (as in beam_search).
+    source, (B, T, L, H, S). EOS is not chosen before `min_len` tokens (as in beam_search); the `banned`
+    ids never are (Marian's bad_words_ids: its pad, which is also its decoder start); with `force_eos`
+    the last step (max_len) is EOS, as transformers' forced_eos_token_id makes it.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -64,7 +70,11 @@ def greedy(
             logits, state, weights = model.decode_step(tokens, state, need_weights=return_attention)
             if step < min_len:
                 logits[:, eos_id] = float("-inf")
+            if banned:
+                logits[:, list(banned)] = float("-inf")
             next_token = fast_argmax(logits)  # (live,)
+            if force_eos and step == max_len - 1:
+                next_token = torch.full_like(next_token, eos_id)
             if n_finished:  # rows that ended earlier keep padding: out and attention stay as they are
                 next_token = next_token.masked_fill(finished, model.pad_id)
             out[rows, step] = next_token

@@ -3,6 +3,7 @@
     export_marian(model, out_dir, tokenizer, model_card)   # -> config.json, model.safetensors, README.md
     MarianMTModel.from_pretrained(out_dir)                  # transformers: same logits, same greedy output
     load_marian(out_dir)                                    # -> attnlab Transformer, identical logits
+                                                            #    (attnlab.export.marian_import)
 
 Marian (transformers.MarianMTModel) is the paper's post-norm encoder-decoder with sinusoidal
 positions, so the weights map one to one, with two differences handled here:
@@ -24,8 +25,6 @@ a LayerNorm epsilon other than 1e-5. Models without biases are exported with zer
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +159,8 @@ def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
     if cfg.share_embeddings:
         out["model.shared.weight"] = src_emb
     out["lm_head.weight"] = ours["output_projection.weight"][:, perm].contiguous()
-    out["final_logits_bias"] = torch.zeros(1, cfg.tgt_vocab_size)
+    bias = ours.get("output_projection.bias")  # Marian's final_logits_bias (a model loaded from opus-mt)
+    out["final_logits_bias"] = torch.zeros(1, cfg.tgt_vocab_size) if bias is None else bias[None].clone()
     return out
 
 
@@ -280,121 +280,3 @@ def export_marian(
         ],
     )
     return out_dir
-
-
-# ---- Marian -> attnlab -----------------------------------------------------------------------
-def _read_config(path: Path) -> dict[str, Any]:
-    file = path / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model directory)")
-    config = json.loads(file.read_text())
-    if config.get("model_type") != "marian":
-        raise MarianExportError(f"{path}: model_type is {config.get('model_type')!r}, expected 'marian'")
-    return config
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    raise FileNotFoundError(f"{path}: no model.safetensors (only safetensors weights are read)")
-
-
-def read_marian_special_ids(path: str | Path) -> dict[str, int]:
-    """pad_id, bos_id (the decoder start token) and eos_id of an exported directory."""
-    config = _read_config(Path(path))
-    eos = config.get("eos_token_id")
-    eos = eos[0] if isinstance(eos, list) else eos
-    return {"pad_id": int(config["pad_token_id"]), "bos_id": int(config["decoder_start_token_id"]), "eos_id": int(eos)}
-
-
-def config_from_marian(config: dict[str, Any]) -> TransformerConfig:
-    """attnlab config for a Marian config.json dict (raises MarianExportError on what attnlab lacks)."""
-    def same(a: str, b: str) -> Any:
-        if config.get(a) != config.get(b):
-            raise MarianExportError(f"attnlab needs {a} == {b}, got {config.get(a)} and {config.get(b)}")
-        return config[a]
-
-    activation = config.get("activation_function", "gelu")
-    if activation not in ("relu", "gelu"):
-        raise MarianExportError(f"activation_function {activation!r} is not supported by attnlab (relu or gelu)")
-    if config.get("normalize_before") or config.get("add_final_layer_norm"):
-        raise MarianExportError("pre-norm Marian models are not supported")
-    vocab = int(config["vocab_size"])
-    enc_layers, dec_layers = int(config["encoder_layers"]), int(config["decoder_layers"])
-    return TransformerConfig(
-        src_vocab_size=vocab,
-        tgt_vocab_size=int(config.get("decoder_vocab_size") or vocab),
-        d_model=int(config["d_model"]),
-        n_heads=int(same("encoder_attention_heads", "decoder_attention_heads")),
-        n_layers=enc_layers,
-        n_decoder_layers=dec_layers if dec_layers != enc_layers else None,
-        d_ff=int(same("encoder_ffn_dim", "decoder_ffn_dim")),
-        dropout=float(config.get("dropout", 0.1)),
-        attn_dropout=float(config.get("attention_dropout", 0.0)),
-        ffn_dropout=float(config.get("activation_dropout", 0.0)),
-        activation=activation,
-        norm_first=False,
-        layer_norm_eps=MARIAN_LAYER_NORM_EPS,
-        positional="sinusoidal",
-        max_len=int(config.get("max_position_embeddings", 1024)),
-        share_embeddings=bool(config.get("share_encoder_decoder_embeddings", True)),
-        tie_output=bool(config.get("tie_word_embeddings", True)),
-        scale_embedding=bool(config.get("scale_embedding", False)),
-        bias=True,
-        pad_id=int(config["pad_token_id"]),
-    )
-
-
-def _first(state: dict[str, Tensor], names: list[str], what: str, path: Path) -> Tensor:
-    for name in names:
-        if name in state:
-            return state[name]
-    raise MarianExportError(f"{path}: no {what} in the weights (looked for {', '.join(names)})")
-
-
-def load_marian(path: str | Path) -> Transformer:
-    """Read a Marian directory (written by `export_marian`, or any post-norm relu/gelu Marian model
-    without a final-logits bias) into an attnlab Transformer in eval mode, undoing the permutation
-    of the hidden dimension. Needs safetensors only, not transformers."""
-    path = Path(path)
-    config = _read_config(path)
-    cfg = config_from_marian(config)
-    state = {k: v.float() for k, v in _read_weights(path).items()}
-    bias = state.get("final_logits_bias")
-    if bias is not None and bool(bias.abs().max() > 0):
-        raise MarianExportError(f"{path}: final_logits_bias is not zero; attnlab's output projection has no bias")
-
-    src_emb = _first(state, ["model.encoder.embed_tokens.weight", "model.shared.weight"], "source embeddings", path)
-    tgt_names = ["model.decoder.embed_tokens.weight"] + (["model.shared.weight"] if cfg.share_embeddings else [])
-    tgt_emb = _first(state, tgt_names, "target embeddings", path)
-    if cfg.share_embeddings:
-        tgt_emb = src_emb
-    head = state.get("lm_head.weight", tgt_emb if cfg.tie_output else None)
-    if head is None:
-        raise MarianExportError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
-    if cfg.tie_output and not torch.equal(head, tgt_emb):  # transformers does not tie these either
-        cfg = dataclasses.replace(cfg, tie_output=False)
-
-    inv = torch.argsort(marian_permutation(cfg.d_model))
-    model = Transformer(cfg)
-    ours = {k: v.clone() for k, v in model.state_dict().items()}
-    for p in layer_pieces(cfg):
-        t = _permute(_first(state, [p.hf], p.hf, path), p.kind, inv)
-        if p.rows is not None:
-            ours[p.ours][p.rows[0]:p.rows[1]] = t
-        else:
-            ours[p.ours] = t
-    ours["input_embedding.embedding.weight"] = src_emb[:, inv]
-    ours["output_embedding.embedding.weight"] = tgt_emb[:, inv]
-    ours["output_projection.weight"] = head[:, inv]
-    model.load_state_dict(ours, strict=True)
-    return model.eval()

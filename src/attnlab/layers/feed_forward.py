@@ -1,5 +1,7 @@
 """Position-wise feed-forward network (paper, section 3.3): FFN(x) = max(0, x W1 + b1) W2 + b2.
 
+The activation may also be GELU or SiLU (swish, x * sigmoid(x): Marian's opus-mt models).
+
 With dropout on the hidden activations (as torch.nn.Transformer has), CPU fp32 training runs the
 network as one function: the dropped units are zeroed in place before the ReLU, the 1 / (1 - p) scale
 rides on the second matmul (its alpha, forward and backward), and backward needs no mask: a hidden unit
@@ -58,7 +60,7 @@ class PositionwiseFeedForward(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
         self.linear2 = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = Dropout(dropout)
-        self.activation = F.relu if activation == "relu" else F.gelu
+        self.activation = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[activation]
 
     def _fused_training(self, x: Tensor) -> bool:
         return (cpu_fp32_training(x) and self.linear1.weight.dtype == torch.float32

@@ -19,5 +19,8 @@ def causal_mask(size: int, device: torch.device | None = None) -> Tensor:
 
 
 def decoder_self_mask(tgt: Tensor, pad_id: int) -> Tensor:
-    """(B, T) target ids -> (B, 1, T, T): causal and no padded keys."""
-    return padding_mask(tgt, pad_id) & causal_mask(tgt.size(1), tgt.device)
+    """(B, T) target ids -> (B, 1, T, T): causal and no padded keys. The first token, the decoder start,
+    is always real: Marian's models start decoding from the pad id."""
+    keys = padding_mask(tgt, pad_id).clone()
+    keys[..., 0] = True
+    return keys & causal_mask(tgt.size(1), tgt.device)

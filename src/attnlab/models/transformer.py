@@ -300,7 +300,10 @@ class Transformer(nn.Module):
         self.encoder = Encoder(cfg)  # (3)-(7)
         self.decoder = Decoder(cfg)  # (10)-(16)
         # (18) linear projection to the vocabulary; tied to the output embedding as in section 3.4
-        self.output_projection = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        # (Marian adds a fixed bias to the logits, its final_logits_bias: cfg.output_bias)
+        self.output_projection = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=cfg.output_bias)
+        if cfg.output_bias:
+            nn.init.zeros_(self.output_projection.bias)
         if cfg.tie_output:
             self.output_projection.weight = self.output_embedding.weight
         else:
