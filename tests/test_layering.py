@@ -15,13 +15,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "attnlab"
 
 # part (first component under attnlab) -> layer; lower numbers are further down
 LAYERS = {
-    "io": 0, "device": 0,
+    "io": 0, "device": 0, "hub": 0,
     "layers": 1, "config": 1,
     "models": 2, "quantize": 2, "__init__": 2,  # attnlab/__init__.py exports the models
     "decoding": 3,
     "data": 4, "tasks": 4, "metrics": 4,
     "training": 5,
-    "translate": 6, "caption": 6, "run_dir": 6, "export": 6, "viz": 6, "pipelines": 6, "pretrained": 6,
+    "translate": 6, "caption": 6, "run_dir": 6, "export": 6, "viz": 6, "pipelines": 6,
     "serve": 7, "bench": 7,
     "commands": 8, "cli": 8, "__main__": 8,
 }

@@ -391,11 +391,6 @@ class RNNEncoderDecoder(nn.Module):
         return self.generator(o)
 
     # ---- attention pictures ----------------------------------------------------------------
-    @property
-    def supports_attention(self) -> bool:
-        """False for the fixed-context model: there is no attention to show."""
-        return bool(self.decoder.attends)
-
     @torch.no_grad()
     def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, Tensor]:
         """Teacher-forced attention over the source, as the Transformer's: cross (1, B, 1, T, S)."""

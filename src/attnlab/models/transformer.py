@@ -280,8 +280,6 @@ class Transformer(nn.Module):
 
     # the trainer may ask for the logits of real target tokens only: forward(src, tgt, positions=...)
     trains_packed = True
-    # attention_maps(src, tgt) gives cross-attention to show (the service asks before calling it)
-    supports_attention = True
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()

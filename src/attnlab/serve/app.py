@@ -34,9 +34,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attnlab.layers.int8 import Int8Linear
+from attnlab.models.registry import supports
 from attnlab.serve import payload
 from attnlab.serve.batcher import MicroBatcher, Overloaded
-from attnlab.serve.captioner import BadImage, Captioner, check_image, is_captioning_arch, load_captioner
+from attnlab.serve.captioner import BadImage, Captioner, check_image, load_captioner
 from attnlab.serve.metrics import Metrics
 from attnlab.serve.middleware import ApiKey, BodyLimit, Guard, HostCheck
 from attnlab.serve.schemas import ERRORS, CaptionResponse, Health, Limits, TranslateResponse, request_model
@@ -85,14 +86,12 @@ class Service:
         return ids[: self.limits.max_src_tokens - 1] + [ids[-1]], True
 
     def _attention_shape(self) -> tuple[int, int] | None:
-        """The model says whether it has attention to show (`supports_attention`); its shape from one
-        tiny teacher-forced pass."""
+        """The registry says whether the model's family has attention to show; its shape from one tiny
+        teacher-forced pass."""
         tr = self.translator
-        if tr is None:
+        if tr is None or not supports(self.meta.get("arch", "transformer"), "attention_maps"):
             return None
         model = tr.model
-        if not getattr(model, "supports_attention", hasattr(model, "attention_maps")):
-            return None
         src = torch.tensor([[tr.eos_id]], device=tr.device)
         cross = model.attention_maps(src, torch.tensor([[tr.bos_id]], device=tr.device))["cross"]  # (L, 1, H, 1, 1)
         return int(cross.shape[0]), int(cross.shape[2])
@@ -175,7 +174,7 @@ def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None,
         path = Path(model)
         config_dir = path.parent.parent if (path / "state.json").is_file() and not (path / "config.json").is_file() else path
         meta = read_run_config(config_dir)
-        if is_captioning_arch(str(meta.get("arch", ""))):
+        if supports(meta["arch"], "captioning"):
             return None, load_captioner(path, device), meta
         run = load_run(path, device)
         return Translator(run.model, run.tokenizers, device, run.meta), None, dict(run.meta)

@@ -62,10 +62,6 @@ def check_image(data: bytes, max_pixels: int) -> tuple[int, int, str]:
     return width, height, fmt
 
 
-def is_captioning_arch(arch: str) -> bool:
-    return "caption" in arch or arch in {"show_attend_tell", "sat"}
-
-
 def load_captioner(path: str | Path, device: str = "cpu") -> Captioner:
     """The captioner for a captioning run directory (provided by `attnlab.caption`)."""
     try:
