@@ -126,6 +126,9 @@ def write_marian_standin(out_dir: str | Path, src_texts: list[str], tgt_texts: l
         model.final_logits_bias[0, 0] += eos_bias
     if train_steps:
         _train_copy(model, out, src_texts, train_steps, seed)
+    with torch.no_grad():  # as in the published conversions: the start (pad) embedding is Marian's zero vector
+        model.get_input_embeddings().weight[pad].zero_()
+        model.get_decoder().embed_tokens.weight[pad].zero_()
     model.generation_config = GenerationConfig(
         bad_words_ids=[[pad]], bos_token_id=0, decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0,
         max_length=max_length, num_beams=num_beams, pad_token_id=pad)

@@ -32,13 +32,6 @@ ODD = ["", " ", "   leading and trailing   ", "\t tab\tand\nnewline", "a </s> b"
 
 
 @pytest.fixture(scope="module")
-def standin(tmp_path_factory) -> Path:
-    """A tiny opus-mt-like directory, trained a little on a copy task so that outputs end with </s>."""
-    out = tmp_path_factory.mktemp("opus-mt-xx-yy")
-    return write_marian_standin(out, generated_text(2000, 1), generated_text(2000, 2), train_steps=150)
-
-
-@pytest.fixture(scope="module")
 def hf_model(standin):
     return transformers.MarianMTModel.from_pretrained(standin).eval()
 

@@ -75,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         from attnlab.export import export_marian
 
         export_marian(loaded.model, args.out, tokenizer=loaded.tokenizers, model_card=card)
+        if loaded.meta.get("generation"):  # a published Marian model: keep how transformers decodes it
+            import shutil
+
+            source = Path(loaded.path) / "generation_config.json"
+            if source.is_file():
+                shutil.copyfile(source, Path(args.out) / "generation_config.json")
     else:
         from attnlab.export import export_onnx
 

@@ -26,6 +26,7 @@ tests hold it equal to (tests/models/test_transformer_step.py).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,7 +52,7 @@ class LayerPlan:
     cross_out: Linear
     ffn_in: Linear  # W_1 (with the ReLU when the activation is ReLU)
     ffn_out: Linear
-    activation: Callable[[Tensor], Tensor] | None  # applied between them when not fused (GELU)
+    activation: Callable[[Tensor], Tensor] | None  # applied between them when not fused (GELU, SiLU)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def plan(model: nn.Module, state) -> StepPlan | None:
                 cross_q=prepacked(layer.cross_attn.in_proj, rows=slice(0, d)),
                 cross_out=prepacked(layer.cross_attn.out_proj),
                 ffn_in=prepacked(layer.ffn.linear1, relu=relu), ffn_out=prepacked(layer.ffn.linear2),
-                activation=None if relu else layer.ffn.activation))
+                activation=None if relu else _in_place(layer.ffn.activation)))
             norms += [layer.add_norm1.norm, layer.add_norm2.norm, layer.add_norm3.norm]
         output = prepacked(model.output_projection)
     if model.cfg.norm_first:
@@ -119,6 +120,11 @@ def plan(model: nn.Module, state) -> StepPlan | None:
     state.step_plan = StepPlan(state.fast_epoch, plans, norms, output, model.cfg.n_heads, model.cfg.norm_first,
                                type(layers[0]).block)
     return state.step_plan
+
+
+def _in_place(activation: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """SiLU (Marian's swish) overwrites W_1 x, a fresh tensor, instead of allocating another (B, d_ff)."""
+    return functools.partial(F.silu, inplace=True) if activation is F.silu else activation
 
 
 def _cross_attention(q: Tensor, k: Tensor, v: Tensor, lengths: Tensor, group: int, n_heads: int) -> Tensor:
