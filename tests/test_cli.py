@@ -13,6 +13,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "dates"
     code = main(["train", "--task", "dates", "--out", str(out), "--n-train", "3000", "--max-steps", "120",
                  "--preset", "tiny", "--no-progress", "--set", "eval_every=60", "--set", "eval_bleu_sentences=50",
+                 "--set", "decode_tuning_sentences=0",
                  "--set", "warmup_steps=60", "--set", "lr_scale=0.5", "--set", "max_tokens=1500"])
     assert code == 0
     return out
@@ -23,6 +24,7 @@ def test_train_writes_a_complete_run(run_dir):
         assert (run_dir / name).is_file(), name
     meta = json.loads((run_dir / "config.json").read_text())
     assert meta["format"] == "attnlab" and meta["arch"] == "transformer" and meta["task"]["task"] == "dates"
+    assert "decode" not in meta  # decode_tuning_sentences=0: nothing chosen, translate decodes greedily
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     valid = [e for e in events if e["event"] == "valid"]
     assert [e["step"] for e in valid] == [60, 120]

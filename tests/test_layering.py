@@ -62,6 +62,12 @@ def imports_of(path: Path, root: Path = SRC) -> list[tuple[int, str]]:
     return found
 
 
+def _exists(module: str, root: Path) -> bool:
+    """An attnlab module (a file or a package) of that name is there."""
+    where = root.parent.joinpath(*module.split("."))
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
+
 def violations(root: Path = SRC) -> list[str]:
     out = []
     for path in sorted(root.rglob("*.py")):
@@ -71,6 +77,9 @@ def violations(root: Path = SRC) -> list[str]:
             out.append(f"{path.relative_to(root.parent)}: part '{own}' has no place in LAYERS")
             continue
         for line, target in imports_of(path, root):
+            if not _exists(target, root):
+                out.append(f"{path.relative_to(root.parent)}:{line}: imports {target}, which does not exist")
+                continue
             other = _part(target)
             if other == own:
                 continue
@@ -90,12 +99,16 @@ def test_an_upward_import_is_caught(tmp_path):
     # the check itself can fail: a layers module importing the training loop, lazily inside a function
     pkg = tmp_path / "attnlab"
     (pkg / "layers").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
+    (pkg / "training").mkdir()
+    for name in ("__init__.py", "io.py", "training/__init__.py", "training/loop.py"):
+        (pkg / name).write_text("")
     (pkg / "layers" / "__init__.py").write_text("from . import bad\n")
     (pkg / "layers" / "bad.py").write_text("def f():\n    from attnlab.training.loop import Trainer\n")
     (pkg / "layers" / "ok.py").write_text("from ..io import sha256\nfrom . import bad\n")
     (pkg / "nowhere.py").write_text("")
+    (pkg / "layers" / "moved.py").write_text("from attnlab.layers.gone import x\n")
     found = violations(pkg)
+    assert "attnlab/layers/moved.py:1: imports attnlab.layers.gone, which does not exist" in found
     assert any("layers/bad.py:2: layers (layer 1) imports attnlab.training.loop" in v for v in found)
     assert any("nowhere" in v and "no place" in v for v in found)
     assert not any("ok.py" in v for v in found)

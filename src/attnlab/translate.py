@@ -69,12 +69,15 @@ class Translator:
         self.meta = meta or {}
         # how transformers decodes a Marian model (attnlab.export.marian_import.generation_defaults); {} otherwise
         self.generation: dict[str, Any] = self.meta.get("generation") or {}
+        # an attnlab run's beam and length penalty, chosen on validation (attnlab.pipelines.decode_tuning)
+        tuned = self.meta.get("decode") or {}
+        self.defaults = {"beam": int(self.generation.get("num_beams", tuned.get("beam", 1))),
+                         "length_penalty": float(self.generation.get("length_penalty", tuned.get("length_penalty", 0.6)))}
 
     def resolve(self, cfg: DecodeConfig) -> DecodeConfig:
         """`cfg` with the model's defaults where it leaves them open (None), validated."""
-        gen = self.generation
-        beam = cfg.beam if cfg.beam is not None else int(gen.get("num_beams", 1))
-        alpha = cfg.length_penalty if cfg.length_penalty is not None else float(gen.get("length_penalty", 0.6))
+        beam = cfg.beam if cfg.beam is not None else self.defaults["beam"]
+        alpha = cfg.length_penalty if cfg.length_penalty is not None else self.defaults["length_penalty"]
         if cfg.beam is None and cfg.n_best > beam:
             beam = cfg.n_best
         return dataclasses.replace(cfg, beam=beam, length_penalty=alpha).validate()

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.data.binarized import open_manifest
     from attnlab.data.prepare import prepare_dataset
     from attnlab.tasks import PREPARED, TaskSpec, corpus_sources
-    from attnlab.training.pipeline import _defaults, prepare_config
+    from attnlab.pipelines.translation import _defaults, prepare_config
 
     if args.verify:
         manifest = open_manifest(args.out, verify=True)

@@ -254,6 +254,14 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
                       progress=not args.no_progress)
     summary = trainer.fit(resume=resuming)
     summary.update(run_dir=str(out), parameters=n_params, task=spec.task, arch=arch)
+    # beam and length penalty, on (at most) the validation sentences that BLEU validation decoded
+    n_tune = min(train_cfg.decode_tuning_sentences, train_cfg.eval_bleu_sentences)
+    if n_tune and valid.sources:
+        from attnlab.pipelines.decode_tuning import tune_decoding
+
+        tuned = on_rank0(lambda: tune_decoding(out, valid.sources, valid.references, device, n_tune))
+        if tuned:
+            summary["decode"] = {k: tuned[k] for k in ("beam", "length_penalty", "valid_bleu")}
     return summary
 
 

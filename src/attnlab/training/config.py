@@ -26,6 +26,8 @@ class TrainConfig:
     eval_every: int = 500  # optimizer steps between validations (and checkpoints)
     eval_bleu_sentences: int = 500  # validation sentences decoded for BLEU (0 = loss only)
     eval_beam: int = 1
+    decode_tuning_sentences: int = 500  # at the end, beam and length penalty chosen on this many of the
+    # eval_bleu_sentences validation sentences (0 = off; attnlab.pipelines.decode_tuning)
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     keep_last: int = 3  # checkpoints kept on disk
     average_last: int = 0  # at the end, average the last k checkpoints into the final model (0 = off)
@@ -63,6 +65,7 @@ _RANGES: list[tuple[str, Any, Any]] = [("max_tokens", 1, None), ("accum_steps", 
            ("adam_beta1", 0, 1), ("adam_beta2", 0, 1), ("adam_eps", "(0", None), ("weight_decay", 0, None),
            ("label_smoothing", 0, 1), ("clip_norm", 0, None), ("max_steps", 0, None), ("max_epochs", 0, None),
            ("max_minutes", 0, None), ("eval_every", 1, None), ("eval_bleu_sentences", 0, None), ("eval_beam", 1, None),
+           ("decode_tuning_sentences", 0, None),
            ("patience", 0, None), ("keep_last", 0, None), ("average_last", 0, None), ("seed", 0, 2**63),
            ("log_every", 1, None), ("max_len", 3, None), ("threads", 0, None)]
 _INTS = {f.name for f in dataclasses.fields(TrainConfig) if f.type == "int"}
