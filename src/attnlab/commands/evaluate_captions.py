@@ -69,6 +69,8 @@ def run_captions(args: argparse.Namespace) -> int:
     from attnlab.device import parse_device
     from attnlab.metrics.caption_bleu import corpus_bleu_multi
 
+    if args.beam is None:  # a captioner stores no decoding settings: greedy unless asked
+        args.beam = 1
     if args.beam < 1:
         raise ValueError(f"--beam must be >= 1, got {args.beam}")
     captioner = Captioner.load(args.model, parse_device(args.device))
