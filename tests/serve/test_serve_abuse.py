@@ -302,3 +302,21 @@ def test_a_caption_answer_over_the_cap_is_refused(captioner_app):
     assert r.status_code == 413 and "attention=false" in error_of(r)
     r = captioner_app.post("/caption", files={"image": ("x.png", png_bytes(), "image/png")}, data={"attention": "false"})
     assert r.status_code == 200 and r.json()["caption"] == "a dog runs on grass" and len(r.content) <= 400
+
+
+def test_a_client_sending_a_body_over_the_limit_reads_the_413(tiny_server):
+    """The server reads (and drops) a refused body up to 16x the limit before answering: a client
+    still sending when the connection closed would get a reset, not the answer."""
+    import socket
+
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    body = b'{"text": "' + b"a" * 1_500_000 + b'"}'  # the CLI's limit: 1 MiB
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+        assert b'"error": "the request body is larger than the limit of 1048576 bytes"' in answer

@@ -315,7 +315,8 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
             if any(i >= len(sentences) for i in wanted):
                 raise Refused(422, f"attention.sentences: indices must be below the {len(sentences)} sentences "
                                    "sent", "invalid")
-        encoded = [service.encode(s) if s.strip() else None for s in sentences]
+        # tokenizing 64 x 1000 characters takes a while: not on the event loop, which answers /health
+        encoded = await asyncio.to_thread(lambda: [service.encode(s) if s.strip() else None for s in sentences])
         work = sum(payload.sentence_work(e[0], req.beam) for e in encoded if e)
         if work > limits.max_work:
             raise Refused(413, f"this request needs {work:,} units of work (source tokens x beam x longest output, "
