@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -33,8 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from attnlab.bench.common import write_report  # noqa: E402
-from attnlab.data.generated import dates_task  # noqa: E402
+from attnlab.bench.common import write_report
+from attnlab.data.generated import dates_task
 
 CAP = 2_000_000
 LONG = " ".join(src for src, _ in dates_task(200, seed=5))[:1000]  # 1000 characters: over 256 tokens, cut

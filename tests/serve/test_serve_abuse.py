@@ -13,10 +13,10 @@ import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
 pytest.importorskip("prometheus_client", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from serve_support import FakeCaptioner, png_bytes
 
-from attnlab.translate import source_ids  # noqa: E402
-from serve_support import FakeCaptioner, png_bytes  # noqa: E402
+from attnlab.translate import source_ids
 
 DATES = ["April 1, 2038", "July 13, 1914", "June 23, 2083", "December 31, 1999", "May 5, 1960"]
 
@@ -256,7 +256,7 @@ def test_attention_from_a_model_without_it_is_a_4xx_that_says_so(make_app, trans
 
     tok = translator.tokenizers
     cls = RNNConfig if arch == "rnn" else RNNAttentionConfig
-    cfg = cls(**{**dict(d_embed=16, d_hidden=32, n_layers=1, dropout=0.0)}, src_vocab_size=tok.src.vocab_size,
+    cfg = cls(d_embed=16, d_hidden=32, n_layers=1, dropout=0.0, src_vocab_size=tok.src.vocab_size,
               tgt_vocab_size=tok.tgt.vocab_size, pad_id=tok.src.pad_id)
     rnn = Translator(RNNEncoderDecoder(cfg).eval(), tok, "cpu", {"arch": arch})
     with TestClient(create_app(rnn, limits=Limits(max_batch=4))) as c:

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -66,7 +66,7 @@ class Guard:
 
         try:
             await self.app(scope, receive, guarded_send)
-        except Exception as err:  # noqa: BLE001 - the catch-all: JSON, never a bare 500
+        except Exception as err:  # the catch-all: JSON, never a bare 500
             log.exception("unhandled error on %s", scope["path"])
             if status:  # the answer had started: nothing more can be said
                 raise
