@@ -162,11 +162,9 @@ class MicroBatcher:
             self._idle.clear()
         self.waiting += job.size
         self._queues[lane].put_nowait(job)
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            job.future.cancel()  # the worker drops it, or stops it at its next chunk
-            raise
+        # a caller cancelled here (deadline, disconnect) cancels job.future too: the worker drops the
+        # job, or stops it at its next chunk
+        return await job.future
 
     def _taken(self, job: _Job) -> bool:
         """A job leaves the queue; False when its caller has gone (it is dropped)."""
