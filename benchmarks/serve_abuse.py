@@ -115,9 +115,10 @@ async def wait_ready(client: httpx.AsyncClient, proc: subprocess.Popen) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     return 0.0
 
 
@@ -231,7 +232,7 @@ async def main(a: argparse.Namespace) -> dict:
             "health_max_ms_under_three_maximal": pct(loaded.latency["health"], 1.0),
             "maximal_answered": len(loaded.latency.get("maximal", [])),
         },
-        "totals": totals, "problem_examples": sum((t.examples for t in tallies.values()), []),
+        "totals": totals, "problem_examples": [e for t in tallies.values() for e in t.examples],
         "idle": summary(idle), "three_maximal": summary(loaded), "mixed": summary(mixed),
         "hung_up_requests": hung_up,
         "rss_mib": {"samples": rss, "after_warmup_first": after_warmup[0], "after_warmup_max": max(after_warmup),
@@ -244,15 +245,17 @@ async def main(a: argparse.Namespace) -> dict:
 def table(r: dict) -> str:
     d = r["done_when"]
     rows = [("idle one-sentence /translate p50", f"{d['idle_translate_p50_ms']} ms"),
-            ("same, three maximal requests running, p50 / p95", f"{d['loaded_translate_p50_ms']} / "
-             f"{d['loaded_translate_p95_ms']} ms ({d['translate_ratio_p50']}x idle)"),
+            ("same, three maximal requests running, p50 / p95", (f"{d['loaded_translate_p50_ms']} / "
+                                                                  f"{d['loaded_translate_p95_ms']} ms "
+                                                                  f"({d['translate_ratio_p50']}x idle)")),
             ("/health worst, three maximal running", f"{d['health_max_ms_under_three_maximal']} ms"),
             *((f"mixed {k}: p50 / p95 / p99", f"{v['p50_ms']} / {v['p95_ms']} / {v['p99_ms']} ms (n={v['n']})")
               for k, v in r["mixed"].items() if k.startswith("normal") or k in ("health", "maximal")),
             ("lost / not JSON / 5xx / over the cap / unexpected status",
              " / ".join(str(r["totals"][k]) for k in ("lost", "not_json", "server_errors", "over_cap", "unexpected"))),
-            ("RSS after warm-up: first -> max", f"{r['rss_mib']['after_warmup_first']} -> "
-             f"{r['rss_mib']['after_warmup_max']} MiB ({r['rss_mib']['growth_after_warmup']})")]
+            ("RSS after warm-up: first -> max", (f"{r['rss_mib']['after_warmup_first']} -> "
+                                                 f"{r['rss_mib']['after_warmup_max']} MiB "
+                                                 f"({r['rss_mib']['growth_after_warmup']})"))]
     return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 

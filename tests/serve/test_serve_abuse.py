@@ -111,8 +111,8 @@ def test_a_failing_sentence_fails_only_its_own_request_with_json(make_app, trans
     async def main():
         import httpx
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c, \
+                app.router.lifespan_context(app):
                 return await asyncio.gather(*(c.post("/translate", json={"text": d}) for d in DATES))
 
     rs = asyncio.run(main())
@@ -136,8 +136,8 @@ def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(make_
     async def main():
         import httpx
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c, \
+                app.router.lifespan_context(app):
                 rs = await asyncio.gather(*(c.post("/translate", json={"text": d}) for d in DATES[:2]))
                 await asyncio.sleep(0.5)
                 return rs

@@ -205,7 +205,7 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             result = await self.threads[lane].run(job.fn)
-        except Exception as err:  # the job's own failure, handed to its caller
+        except Exception as err:  # noqa: BLE001 - the job's own failure, handed to its caller
             self._fail(job, err)
         else:
             self.stats.calls += 1
@@ -263,14 +263,14 @@ class MicroBatcher:
         sources = [s for j in group for s in j.sources]
         try:
             outputs = await self._decode("interactive", sources, beam)
-        except Exception as err:  # run each job alone to find whose it is
+        except Exception as err:  # noqa: BLE001 - run each job alone to find whose it is
             if len(group) == 1:
                 self._fail(group[0], err)
                 return
             for job in group:
                 try:
                     self._answer(job, await self._decode("interactive", job.sources, beam))
-                except Exception as one_err:  # fails only this job's request
+                except Exception as one_err:  # noqa: BLE001 - fails only this job's request
                     self._fail(job, one_err)
             return
         at = 0
@@ -322,5 +322,5 @@ class MicroBatcher:
                     await self._yield_to_interactive()
                 else:
                     self._answer(job, outputs)
-            except Exception as err:  # fails only this job's request
+            except Exception as err:  # noqa: BLE001 - fails only this job's request
                 self._fail(job, err)
