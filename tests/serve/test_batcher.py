@@ -110,3 +110,19 @@ def test_calls_go_through_the_queue_and_the_queue_is_bounded():
 
     b = run(main())
     assert b.stats.calls == 1 and b.stats.failed == 1
+
+
+def test_the_bulk_lane_runs_at_a_lower_cpu_priority():
+    import os
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def main():
+        b = MicroBatcher(FakeDecode(), small_work=10)
+        got = await b.call(priority, work=0), await b.call(priority, work=100)  # interactive, bulk
+        await b.stop()
+        return got
+
+    interactive, bulk = run(main())
+    assert bulk - interactive == 10

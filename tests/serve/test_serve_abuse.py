@@ -13,10 +13,10 @@ import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
 pytest.importorskip("prometheus_client", reason="the serve extra is not installed: pip install 'attnlab[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+from serve_support import FakeCaptioner, png_bytes
 
-from attnlab.translate import source_ids  # noqa: E402
-from serve_support import FakeCaptioner, png_bytes  # noqa: E402
+from attnlab.translate import source_ids
 
 DATES = ["April 1, 2038", "July 13, 1914", "June 23, 2083", "December 31, 1999", "May 5, 1960"]
 
@@ -111,8 +111,8 @@ def test_a_failing_sentence_fails_only_its_own_request_with_json(make_app, trans
     async def main():
         import httpx
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c, \
+                app.router.lifespan_context(app):
                 return await asyncio.gather(*(c.post("/translate", json={"text": d}) for d in DATES))
 
     rs = asyncio.run(main())
@@ -136,8 +136,8 @@ def test_a_request_past_its_deadline_is_504_and_its_queued_work_is_dropped(make_
     async def main():
         import httpx
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c, \
+                app.router.lifespan_context(app):
                 rs = await asyncio.gather(*(c.post("/translate", json={"text": d}) for d in DATES[:2]))
                 await asyncio.sleep(0.5)
                 return rs
@@ -256,7 +256,7 @@ def test_attention_from_a_model_without_it_is_a_4xx_that_says_so(make_app, trans
 
     tok = translator.tokenizers
     cls = RNNConfig if arch == "rnn" else RNNAttentionConfig
-    cfg = cls(**{**dict(d_embed=16, d_hidden=32, n_layers=1, dropout=0.0)}, src_vocab_size=tok.src.vocab_size,
+    cfg = cls(d_embed=16, d_hidden=32, n_layers=1, dropout=0.0, src_vocab_size=tok.src.vocab_size,
               tgt_vocab_size=tok.tgt.vocab_size, pad_id=tok.src.pad_id)
     rnn = Translator(RNNEncoderDecoder(cfg).eval(), tok, "cpu", {"arch": arch})
     with TestClient(create_app(rnn, limits=Limits(max_batch=4))) as c:
@@ -302,3 +302,21 @@ def test_a_caption_answer_over_the_cap_is_refused(captioner_app):
     assert r.status_code == 413 and "attention=false" in error_of(r)
     r = captioner_app.post("/caption", files={"image": ("x.png", png_bytes(), "image/png")}, data={"attention": "false"})
     assert r.status_code == 200 and r.json()["caption"] == "a dog runs on grass" and len(r.content) <= 400
+
+
+def test_a_client_sending_a_body_over_the_limit_reads_the_413(tiny_server):
+    """The server reads (and drops) a refused body up to 16x the limit before answering: a client
+    still sending when the connection closed would get a reset, not the answer."""
+    import socket
+
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    body = b'{"text": "' + b"a" * 1_500_000 + b'"}'  # the CLI's limit: 1 MiB
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+        assert b'"error": "the request body is larger than the limit of 1048576 bytes"' in answer

@@ -21,39 +21,37 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Awaitable
+from typing import Annotated, Any
 
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attnlab.layers.int8 import Int8Linear
 from attnlab.models.registry import supports
 from attnlab.serve import payload
 from attnlab.serve.batcher import MicroBatcher, Overloaded
 from attnlab.serve.captioner import BadImage, Captioner, check_image, load_captioner
+from attnlab.serve.errors import Refused, install_error_handlers
 from attnlab.serve.metrics import Metrics
 from attnlab.serve.middleware import ApiKey, BodyLimit, Guard, HostCheck
-from attnlab.serve.schemas import ERRORS, CaptionResponse, Health, Limits, TranslateResponse, request_model
+from attnlab.serve.schemas import (
+    ERRORS,
+    CaptionResponse,
+    Health,
+    Limits,
+    TranslateResponse,
+    request_model,
+)
 from attnlab.translate import DecodeConfig, Translator, source_ids
 
 log = logging.getLogger("attnlab.serve")
 STATIC = Path(__file__).parent / "static"
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
-
-
-class Refused(HTTPException):
-    """A request refused before (or instead of) its work, counted in the metrics by `reason`."""
-
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(status, message, headers=headers)
-        self.reason = reason
 
 
 class Service:
@@ -181,60 +179,6 @@ def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None,
     raise TypeError(f"create_app: expected a run directory, LoadedRun or Translator, got {type(model).__name__}")
 
 
-# ---- errors ----------------------------------------------------------------------------------
-
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if part in ("body", "form") and not out:
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _describe(errors: list[dict]) -> str:
-    parts = []
-    for e in errors[:5]:
-        msg = str(e.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        where = _where(tuple(e.get("loc", ())))
-        if not where and e.get("type") in ("missing", "model_attributes_type", "dict_type", "model_type"):
-            msg = ('the body must be a JSON object such as {"text": "a sentence"}, '
-                   "sent with Content-Type: application/json")
-        parts.append(f"{where}: {msg}" if where else msg)
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
-
-
-def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
-        for e in errors:
-            e.pop("input", None)  # may be megabytes of the caller's own text
-            e.pop("url", None)
-        metrics.reject("invalid")
-        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
-        if bad_json:
-            e = bad_json[0]
-            where = e.get("loc", ("body", "?"))[-1]
-            reason = (e.get("ctx") or {}).get("error", "not valid JSON")
-            message = f"malformed JSON: {reason} (at character {where})"
-            return JSONResponse({"error": message, "detail": jsonable_encoder(errors)}, status_code=400)
-        return JSONResponse({"error": _describe(errors), "detail": jsonable_encoder(errors)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc, Refused):
-            metrics.reject(exc.reason)
-        return JSONResponse({"error": str(exc.detail), "detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def any_error(request: Request, exc: Exception) -> JSONResponse:  # the middleware's Guard answers first
-        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
-
-
 def _json(body: dict[str, Any], cap: int, hint: str) -> Response:
     """The answer as JSON bytes, or a 413 when it would pass the cap."""
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -291,7 +235,7 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
     if allowed_hosts:
         app.add_middleware(HostCheck, allowed_hosts=allowed_hosts, reject=metrics.reject)
     app.add_middleware(Guard, observe=metrics.observe_request, docs_paths=("/docs",) if docs else ())
-    _install_error_handlers(app, metrics)
+    install_error_handlers(app, metrics)
 
     @app.post("/translate", response_model=TranslateResponse, responses=ERRORS,
               summary="Translate one sentence or a list of sentences")
@@ -314,7 +258,8 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
             if any(i >= len(sentences) for i in wanted):
                 raise Refused(422, f"attention.sentences: indices must be below the {len(sentences)} sentences "
                                    "sent", "invalid")
-        encoded = [service.encode(s) if s.strip() else None for s in sentences]
+        # tokenizing 64 x 1000 characters takes a while: not on the event loop, which answers /health
+        encoded = await asyncio.to_thread(lambda: [service.encode(s) if s.strip() else None for s in sentences])
         work = sum(payload.sentence_work(e[0], req.beam) for e in encoded if e)
         if work > limits.max_work:
             raise Refused(413, f"this request needs {work:,} units of work (source tokens x beam x longest output, "

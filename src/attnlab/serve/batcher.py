@@ -10,10 +10,10 @@ its own model thread:
   the first job waits up to `wait_ms` for company, up to `max_batch` sentences go through one
   decoding call (`max_batch=1` turns batching off). Decoding B short sentences at once costs far
   less than B calls on a CPU (wider matmuls, one Python loop over time steps).
-- the bulk lane takes the larger jobs, one at a time, and decodes them in chunks of at most
-  `chunk_work` units (at least one sentence). Before each chunk it waits (up to `yield_s`) while
-  the interactive lane has work, and a job whose caller has gone (deadline, disconnect) stops at
-  the next chunk instead of being finished.
+- the bulk lane takes the larger jobs, one at a time, on a thread of lower CPU priority (nice 10),
+  and decodes them in chunks of at most `chunk_work` units (at least one sentence). Before each
+  chunk it waits (up to `yield_s`) while the interactive lane has work, and a job whose caller has
+  gone (deadline, disconnect) stops at the next chunk instead of being finished.
 
 So a maximal request delays a one-sentence request by at most one chunk running beside it, and the
 event loop stays free to answer /health. If a batched call fails, each of its jobs is run again
@@ -23,10 +23,13 @@ alone: one failing sentence fails only its own request. More than `max_queue` pl
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -41,15 +44,23 @@ class Overloaded(Exception):
 
 
 class ModelThread:
-    """A single worker thread that runs model calls: `await run(fn, *args)`."""
+    """A single worker thread that runs model calls: `await run(fn, *args)`. `nice` > 0 lowers the
+    thread's CPU priority (Linux schedules threads; elsewhere it is ignored)."""
 
-    def __init__(self, name: str = "attnlab-model") -> None:
-        self.name = name
+    def __init__(self, name: str = "attnlab-model", nice: int = 0) -> None:
+        self.name, self.nice = name, nice
         self._pool: ThreadPoolExecutor | None = None
+
+    def _lower_priority(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        except (AttributeError, OSError):
+            pass
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name,
+                                            initializer=self._lower_priority if self.nice > 0 else None)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def shutdown(self) -> None:
@@ -94,14 +105,17 @@ class MicroBatcher:
     def __init__(self, decode: DecodeFn, max_batch: int = 32, wait_ms: float = 5.0, max_queue: int = 2048,
                  work_of: Callable[[list[int], int], int] = lambda src, beam: len(src) * beam,
                  small_work: int = 50_000, chunk_work: int = 50_000, yield_s: float = 1.0,
-                 on_batch: BatchHook | None = None):
+                 on_batch: BatchHook | None = None, bulk_nice: int = 10):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.decode, self.max_batch, self.wait_ms, self.max_queue = decode, max_batch, wait_ms, max_queue
         self.work_of, self.small_work, self.chunk_work, self.yield_s = work_of, small_work, chunk_work, yield_s
         self.on_batch = on_batch
         self.stats = BatchStats()
-        self.threads = {"interactive": ModelThread("attnlab-interactive"), "bulk": ModelThread("attnlab-bulk")}
+        # the bulk thread runs at a lower CPU priority: on 2 shared cores it halved the delay that three
+        # maximal requests add to a one-sentence request (benchmarks/results/serve_abuse_bulk_nice.json)
+        self.threads = {"interactive": ModelThread("attnlab-interactive"),
+                        "bulk": ModelThread("attnlab-bulk", bulk_nice)}
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._workers: list[asyncio.Task] = []
         self._idle: asyncio.Event | None = None  # set while the interactive lane has nothing to do
@@ -161,11 +175,9 @@ class MicroBatcher:
             self._idle.clear()
         self.waiting += job.size
         self._queues[lane].put_nowait(job)
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            job.future.cancel()  # the worker drops it, or stops it at its next chunk
-            raise
+        # a caller cancelled here (deadline, disconnect) cancels job.future too: the worker drops the
+        # job, or stops it at its next chunk
+        return await job.future
 
     def _taken(self, job: _Job) -> bool:
         """A job leaves the queue; False when its caller has gone (it is dropped)."""
@@ -251,7 +263,7 @@ class MicroBatcher:
         sources = [s for j in group for s in j.sources]
         try:
             outputs = await self._decode("interactive", sources, beam)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - run each job alone to find whose it is
             if len(group) == 1:
                 self._fail(group[0], err)
                 return

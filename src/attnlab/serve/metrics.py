@@ -12,9 +12,15 @@ several apps in one process (the tests) do not collide.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 ROUTES = ("/translate", "/caption", "/health", "/ready", "/metrics", "/", "/openapi.json", "/docs")

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -66,7 +66,7 @@ class Guard:
 
         try:
             await self.app(scope, receive, guarded_send)
-        except Exception as err:  # noqa: BLE001 - the catch-all: JSON, never a bare 500
+        except Exception as err:  # the catch-all: JSON, never a bare 500
             log.exception("unhandled error on %s", scope["path"])
             if status:  # the answer had started: nothing more can be said
                 raise
@@ -130,8 +130,23 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
+async def _drain(receive: Receive, seen: int, bound: int) -> None:
+    """Read and drop the rest of a refused body (up to `bound` bytes in all): a client still sending
+    when the server closes the connection gets a reset, not the 413 that explains it."""
+    while seen <= bound:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodyLimit:
-    """Refuse bodies over the limit (by Content-Length, or while streaming)."""
+    """Refuse bodies over the limit (by Content-Length, or while streaming). Bodies up to
+    `drain_factor` times the limit are read to the end first, so that the client reads the 413."""
+
+    drain_factor = 16
 
     def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int], reject: Callable[[str], None]):
         self.app, self.default, self.per_path, self.reject = app, default, per_path, reject
@@ -150,6 +165,8 @@ class BodyLimit:
         if declared is not None and declared > limit:
             self.reject("body_size")
             err = BodyTooLarge(limit)
+            if declared <= self.drain_factor * limit:
+                await _drain(receive, 0, self.drain_factor * limit)
             return await send_json_error(send, err.status_code, err.detail, {"connection": "close"})
         seen = 0
         started = False
@@ -175,4 +192,5 @@ class BodyLimit:
             if started:
                 raise
             self.reject("body_size")
+            await _drain(receive, seen, self.drain_factor * limit)
             await send_json_error(send, err.status_code, err.detail, {"connection": "close"})

@@ -20,7 +20,10 @@ BYTES_PER_TOKEN = 16  # a subword in a JSON list, escaped, with its quotes and c
 CAPTION_MAX_WORDS = 30
 
 
-def max_target_len(src_len: int, cfg: DecodeConfig = DecodeConfig()) -> int:
+DEFAULT_DECODE = DecodeConfig()
+
+
+def max_target_len(src_len: int, cfg: DecodeConfig = DEFAULT_DECODE) -> int:
     return int(cfg.max_len_a * src_len + cfg.max_len_b)
 
 
