@@ -11,6 +11,8 @@ Every (system, mode, precision) runs in a fresh process (its peak RSS is its own
 each round, the first one rotating. Speed is target tokens per second, the median over rounds.
 
     python benchmarks/bench_pretrained.py --out benchmarks/results/pretrained.json
+    python benchmarks/bench_pretrained.py --quality /tmp/tiny-standin --sentences 500 \
+        --out benchmarks/results/pretrained_int8_quality.json
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "export"))
@@ -124,6 +127,31 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "tokens": tokens, "peak_rss_mib": round(rss, 1)}))
 
 
+def int8_quality(model_dir: Path, n: int) -> dict:
+    """BLEU of attnlab fp32 and int8 on a small stand-in trained on a copy task (random weights have no
+    quality to lose): against the references (the copied text) and int8 against the fp32 outputs."""
+    from marian_standin import generated_text, write_marian_standin
+
+    from attnlab.metrics.bleu import corpus_scores
+    from attnlab.translate import DecodeConfig, Translator
+
+    if not (model_dir / "config.json").is_file():
+        write_marian_standin(model_dir, generated_text(2000, 1), generated_text(2000, 2), train_steps=300)
+    texts = generated_text(n, 21)
+    fp32 = Translator.load(model_dir)
+    out = {}
+    for beam in (1, 4):
+        cfg = DecodeConfig(beam=beam)
+        a = fp32.translate(texts, cfg)
+        b = Translator.load(model_dir).quantize_int8().translate(texts, cfg)
+        out[f"beam{beam}"] = {"bleu_fp32_vs_ref": round(corpus_scores(a, texts)["bleu"], 2),
+                              "bleu_int8_vs_ref": round(corpus_scores(b, texts)["bleu"], 2),
+                              "bleu_int8_vs_fp32_outputs": round(corpus_scores(b, a)["bleu"], 2),
+                              "identical_outputs": sum(x == y for x, y in zip(a, b))}
+    return {"what": f"tiny Marian stand-in (d_model 32, 2+2 layers, swish) trained 300 steps on a copy task, "
+                    f"{n} generated sentences", **out}
+
+
 def cpu() -> dict:
     info = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     try:
@@ -148,12 +176,20 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--configs", default="greedy-fp32,beam4-fp32,greedy-int8,beam4-int8")
+    p.add_argument("--configs", default="greedy-fp32,greedy-int8,beam4-fp32,beam4-int8")
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--out", default=None)
+    p.add_argument("--quality", default=None, metavar="DIR",
+                   help="instead: int8 vs fp32 BLEU on a small trained stand-in (built in DIR when absent)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.ct2_dir = args.ct2_dir or args.model_dir + "-ct2"
+    if args.quality:
+        quality = int8_quality(Path(args.quality), args.sentences)
+        print(json.dumps(quality, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(quality, indent=2) + "\n")
+        return None
     if args.child:
         args.system, mode, args.precision = args.child.split(":")
         args.beam = 1 if mode == "greedy" else int(mode.removeprefix("beam"))
@@ -175,12 +211,17 @@ def main() -> None:
                 got = json.loads(line)
                 print(config, system, got, flush=True)
                 results.setdefault(config, {}).setdefault(system, []).append(got)
+                report(args, results)  # after every run: a partial JSON survives an interrupted benchmark
 
-    report: dict = {"what": "opus-mt-de-en-shaped Marian directory (random weights, forced lengths), "
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, list]]) -> None:
+    out: dict[str, Any] = {"what": "opus-mt-de-en-shaped Marian directory (random weights, forced lengths), "
                             f"{args.sentences} Multi30k test2016 German sentences, batches of {BATCH}",
-                    "threads": args.threads, "rounds": args.rounds, "cpu": cpu(),
-                    "note": "2-core machine shared with other jobs: absolute numbers are noisy, ratios less so",
-                    "results": {}}
+                           "threads": args.threads, "rounds": args.rounds, "cpu": cpu(),
+                           "load_average_1min": os.getloadavg()[0],
+                           "note": "2-core machine shared with other helpers' jobs (load average above): absolute "
+                                   "numbers are slow and noisy, ratios less so",
+                           "results": {}}
     for config, by_system in results.items():
         entry = {}
         for system, runs in by_system.items():
@@ -193,9 +234,8 @@ def main() -> None:
                 if other in entry:
                     entry[f"attnlab_vs_{other}"] = round(entry["attnlab"]["target_tokens_per_s"]
                                                          / entry[other]["target_tokens_per_s"], 3)
-        report["results"][config] = entry
-    text = json.dumps(report, indent=2)
-    print(text)
+        out["results"][config] = entry
+    text = json.dumps(out, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

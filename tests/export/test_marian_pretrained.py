@@ -188,3 +188,27 @@ def test_hub_name_from_local_cache(standin, tmp_path, monkeypatch):
     with pytest.raises(HubError, match="not in the Hugging Face cache") as err:
         resolve_model("Helsinki-NLP/opus-mt-not-there")
     assert "\n" not in str(err.value)
+
+
+def test_attention_evaluate_serve_export(standin, tmp_path, capsys):
+    """The other commands take the published directory too; an hf export of it loads back the same."""
+    from fastapi.testclient import TestClient
+
+    from attnlab.cli import main
+    from attnlab.serve import create_app
+
+    text = _sentences(1)[0]
+    assert main(["attention", "--model", str(standin), "--text", text, "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    (tmp_path / "src.txt").write_text("\n".join(_sentences(5)) + "\n")
+    assert main(["evaluate", "--model", str(standin), "--src", str(tmp_path / "src.txt"), "--ref",
+                 str(tmp_path / "src.txt"), "--json"]) == 0
+    capsys.readouterr()
+    with TestClient(create_app(str(standin))) as client:
+        got = client.post("/translate", json={"text": [text, ""], "beam": 1, "attention": True}).json()
+    want = Translator.load(standin).translate([text, ""], beam=1)
+    assert got["translations"] == want and got["attention"][0]["source_tokens"][-1] == "</s>"
+    assert main(["export", "--model", str(standin), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    again = Translator.load(tmp_path / "hf")
+    assert again.generation == Translator.load(standin).generation
+    assert again.translate(_sentences(20)) == Translator.load(standin).translate(_sentences(20))

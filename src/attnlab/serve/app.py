@@ -160,7 +160,8 @@ class Service:
 
 
 def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None, dict]:
-    from attnlab.run_dir import LoadedRun, load_run, read_run_config
+    from attnlab.hub import resolve_model
+    from attnlab.run_dir import LoadedRun, is_marian_dir, load_run, read_run_config
 
     if model is None:
         return None, None, {}
@@ -169,7 +170,10 @@ def _load(model: Any, device: str) -> tuple[Translator | None, Captioner | None,
     if isinstance(model, LoadedRun):
         return Translator(model.model, model.tokenizers, device, model.meta), None, dict(model.meta)
     if isinstance(model, (str, Path)):
-        path = Path(model)
+        path = resolve_model(model)  # a Hub name: its cached snapshot
+        if is_marian_dir(path):  # a Hugging Face Marian directory (opus-mt, or attnlab's export)
+            run = load_run(path, device)
+            return Translator(run.model, run.tokenizers, device, run.meta), None, dict(run.meta)
         config_dir = path.parent.parent if (path / "state.json").is_file() and not (path / "config.json").is_file() else path
         meta = read_run_config(config_dir)
         if supports(meta["arch"], "captioning"):
