@@ -80,3 +80,22 @@ def test_projected_loss_equals_cross_entropy_of_the_projection_in_float64(eps):
     torch.testing.assert_close(nll, F.cross_entropy(logits, flat, ignore_index=PAD, reduction="sum"), atol=1e-12, rtol=1e-12)
     for ours, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+
+
+def test_bf16_logits_give_the_float32_loss_of_the_same_values():
+    """bf16 logits are widened a block of 1,024 rows at a time: 2,100 rows cross two block edges."""
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(2100, 11, generator=g)).bfloat16()
+    target = torch.randint(0, 11, (2100,), generator=g)
+    target[::7] = PAD
+    ours_in, ref_in = logits.clone().requires_grad_(), logits.float().requires_grad_()
+    loss, nll = label_smoothed_nll(ours_in[None], target[None], PAD, 0.1)
+    ref = F.cross_entropy(ref_in, target, ignore_index=PAD, label_smoothing=0.1, reduction="sum")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, atol=0, rtol=1e-5)
+    torch.testing.assert_close(nll, F.cross_entropy(logits.float(), target, ignore_index=PAD, reduction="sum"),
+                               atol=0, rtol=1e-5)
+    loss.backward()
+    ref.backward()
+    assert ours_in.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours_in.grad.float(), ref_in.grad, atol=4e-3, rtol=0)  # bf16 rounding of the gradient
