@@ -241,14 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                 if result == "survived":
                     survivors.append({"line": line, "mutation": what, "code": code})
                 print(f"{name}:{line} {what:<24} {result:<8} | {code}", flush=True)
-            killed = outcome["killed"] + outcome["timeout"]
-            results["files"][name] = {
-                "mutants_in_file": total, "mutants_tested": tested, "killed": killed,
-                "killed_by_timeout": outcome["timeout"], "survived": outcome["survived"],
-                "score": round(killed / tested, 4) if tested else None, "tests": tests,
-                "seconds": round(time.monotonic() - started, 1), "survivors": survivors}
-            print(f"== {name}: {killed}/{tested} killed ({total} mutants in the file)", flush=True)
-            write(args.out, results, torch.__version__)
+                # after every mutant, so that a run stopped early leaves what it measured
+                killed = outcome["killed"] + outcome["timeout"]
+                results["files"][name] = {
+                    "mutants_in_file": total, "mutants_tested": tested, "killed": killed,
+                    "killed_by_timeout": outcome["timeout"], "survived": outcome["survived"],
+                    "score": round(killed / tested, 4), "tests": tests,
+                    "seconds": round(time.monotonic() - started, 1), "survivors": survivors}
+                write(args.out, results, torch.__version__)
+            print(f"== {name}: {outcome} ({total} mutants in the file)", flush=True)
     return 0
 
 
