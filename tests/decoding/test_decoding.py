@@ -240,6 +240,15 @@ def test_beam_search_looks_beyond_each_beams_k_best_tokens_hand_worked():
     assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.45), math.log(0.171)], abs=1e-6)
 
 
+def test_default_length_penalty_is_the_papers_alpha_0_6():
+    """Vaswani et al. 2017, section 6.1: beam 4, alpha = 0.6. On HAND_TABLE: "EOS" log 0.4 / lp(1) = -0.916291;
+    "a EOS" log 0.315 / (7/6)^0.6 = -1.155183 / 1.096903 = -1.053131."""
+    hyps = beam_search(TableModel(HAND_TABLE), torch.zeros(1, 1, dtype=torch.long), beam_size=2, max_len=5,
+                       bos_id=BOS, eos_id=EOS, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[EOS], [3, EOS]]
+    assert [h.score for h in hyps] == pytest.approx([-0.916291, -1.053131], abs=1e-6)
+
+
 def test_max_len_1_decodes_one_token():
     table = {BOS: [E, E, 0.1, 0.6, 0.3]}
     src = torch.zeros(1, 1, dtype=torch.long)
