@@ -228,6 +228,36 @@ def test_max_len_reached_beam_keeps_the_unfinished_hypotheses_hand_worked():
     assert [h.score for h in hyps] == pytest.approx([-0.611443, -1.337698], abs=1e-6)
 
 
+def test_beam_search_looks_beyond_each_beams_k_best_tokens_hand_worked():
+    """K = 2, alpha = 0: a beam's 3rd-best token can be among the sentence's 2K best extensions.
+    Step 1: a 0.9, b 0.1.  Step 2: a EOS 0.45, a a 0.27, a b 0.18 (the 3rd token of beam "a"), b EOS 0.095:
+    "a EOS" finished, "a a" and "a b" continue.  Step 3: a b EOS 0.18 * 0.95 = 0.171, a a EOS 0.27 * 0.5 = 0.135:
+    "a b EOS" finished, the second. Searching only each beam's K best tokens would have lost "a b"."""
+    table = {BOS: [E, E, E, 0.9, 0.1], 3: [E, E, 0.5, 0.3, 0.2], 4: [E, E, 0.95, 0.03, 0.02]}
+    hyps = beam_search(TableModel(table), torch.zeros(1, 1, dtype=torch.long), beam_size=2, max_len=5, bos_id=BOS,
+                       eos_id=EOS, length_penalty_alpha=0.0, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[3, EOS], [3, 4, EOS]]
+    assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.45), math.log(0.171)], abs=1e-6)
+
+
+def test_default_length_penalty_is_the_papers_alpha_0_6():
+    """Vaswani et al. 2017, section 6.1: beam 4, alpha = 0.6. On HAND_TABLE: "EOS" log 0.4 / lp(1) = -0.916291;
+    "a EOS" log 0.315 / (7/6)^0.6 = -1.155183 / 1.096903 = -1.053131."""
+    hyps = beam_search(TableModel(HAND_TABLE), torch.zeros(1, 1, dtype=torch.long), beam_size=2, max_len=5,
+                       bos_id=BOS, eos_id=EOS, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[EOS], [3, EOS]]
+    assert [h.score for h in hyps] == pytest.approx([-0.916291, -1.053131], abs=1e-6)
+
+
+def test_max_len_1_decodes_one_token():
+    table = {BOS: [E, E, 0.1, 0.6, 0.3]}
+    src = torch.zeros(1, 1, dtype=torch.long)
+    assert greedy(TableModel(table), src, max_len=1, bos_id=BOS, eos_id=EOS).tolist() == [[3]]
+    hyps = beam_search(TableModel(table), src, beam_size=2, max_len=1, bos_id=BOS, eos_id=EOS,
+                       length_penalty_alpha=0.0, n_best=2)[0]
+    assert [h.tokens for h in hyps] == [[3], [4]]
+
+
 def test_gnmt_length_penalty_formula():
     from attnlab.decoding.beam import length_penalty
 

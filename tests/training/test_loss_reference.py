@@ -80,3 +80,47 @@ def test_projected_loss_equals_cross_entropy_of_the_projection_in_float64(eps):
     torch.testing.assert_close(nll, F.cross_entropy(logits, flat, ignore_index=PAD, reduction="sum"), atol=1e-12, rtol=1e-12)
     for ours, theirs in zip(grads, ref_grads):
         torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+
+
+def test_bf16_logits_give_the_float32_loss_of_the_same_values():
+    """bf16 logits are widened a block of 1,024 rows at a time: 2,100 rows cross two block edges."""
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(2100, 11, generator=g)).bfloat16()
+    target = torch.randint(0, 11, (2100,), generator=g)
+    target[::7] = PAD
+    ours_in, ref_in = logits.clone().requires_grad_(), logits.float().requires_grad_()
+    loss, nll = label_smoothed_nll(ours_in[None], target[None], PAD, 0.1)
+    ref = F.cross_entropy(ref_in, target, ignore_index=PAD, label_smoothing=0.1, reduction="sum")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, atol=0, rtol=1e-5)
+    torch.testing.assert_close(nll, F.cross_entropy(logits.float(), target, ignore_index=PAD, reduction="sum"),
+                               atol=0, rtol=1e-5)
+    loss.backward()
+    ref.backward()
+    assert ours_in.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours_in.grad.float(), ref_in.grad, atol=4e-3, rtol=0)  # bf16 rounding of the gradient
+
+
+def test_default_smoothing_is_the_papers_0_1():
+    logits, target = batch()
+    assert torch.equal(label_smoothed_nll(logits, target, PAD)[0], label_smoothed_nll(logits, target, PAD, 0.1)[0])
+    hidden, weight = torch.randn(12, 5), torch.randn(7, 5)
+    flat = target.flatten()
+    assert torch.equal(projected_label_smoothed_nll(hidden, weight, flat, PAD)[0],
+                       projected_label_smoothed_nll(hidden, weight, flat, PAD, 0.1)[0])
+
+
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_projected_loss_with_one_input_frozen(frozen):
+    """A frozen output layer (or frozen states) still gives the other input its exact gradient."""
+    _, target = batch()
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(12, 5, dtype=torch.float64, generator=g, requires_grad=frozen != "hidden")
+    weight = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=frozen != "weight")
+    flat = target.flatten()
+    loss, _ = projected_label_smoothed_nll(hidden, weight, flat, PAD, 0.1)
+    loss.backward()
+    ref_h, ref_w = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    F.cross_entropy(F.linear(ref_h, ref_w), flat, ignore_index=PAD, label_smoothing=0.1, reduction="sum").backward()
+    learnt, ref_grad = (hidden, ref_h) if frozen == "weight" else (weight, ref_w)
+    torch.testing.assert_close(learnt.grad, ref_grad.grad, atol=1e-12, rtol=1e-12)
