@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-COMMANDS = ["demo", "prepare", "train", "translate", "evaluate", "attention", "caption", "experiment", "export", "serve", "bench"]
+COMMANDS = ["demo", "prepare", "train", "average", "translate", "evaluate", "attention", "caption", "experiment", "export", "serve", "bench"]
 
 
 def _load_commands() -> dict[str, object]:
