@@ -10,8 +10,8 @@ import sys
 import warnings
 from typing import NoReturn
 
-COMMANDS = ["demo", "prepare", "train", "translate", "evaluate", "attention", "caption", "experiment", "export", "serve",
-            "bench", "info"]
+COMMANDS = ["demo", "prepare", "train", "average", "translate", "evaluate", "attention", "caption", "experiment",
+            "export", "serve", "bench", "info"]
 
 
 def _load_commands() -> dict[str, object]:
