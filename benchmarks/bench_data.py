@@ -193,6 +193,44 @@ def raw_to_step(src: Path, tgt: Path, run_dir: Path, step: int) -> dict:
             "prepare_phases_seconds": manifest["seconds"], "preset": "small (the files default)"}
 
 
+def tile_dataset(src: Path, out: Path, n: int) -> Path:
+    """A prepared dataset of n training pairs made by repeating a smaller prepared one's pairs (a fresh
+    permutation each round), with its tokenizer and validation split: what training memory is measured on
+    when preparing the full corpus takes longer than the time at hand (training does not see the difference)."""
+    sys.path.insert(0, str(REPO / "src"))
+    import numpy as np
+
+    from attnlab.data.binarized import IndexedSentences, IndexedWriter, file_entry, open_manifest, write_manifest
+
+    if (out / "manifest.json").is_file():
+        return out
+    manifest = open_manifest(src)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for side in ("src", "tgt"):
+        base = IndexedSentences(src / f"train.{side}")
+        writer = IndexedWriter(out / f"train.{side}", base.dtype)
+        done, rnd = 0, 0
+        while done < n:
+            take = min(len(base), n - done)
+            order = np.random.default_rng(rnd).permutation(len(base))[:take]
+            lengths = np.asarray(base.lengths)[order]
+            starts = np.asarray(base.offsets[:-1])[order]
+            idx = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+            writer.append(np.asarray(base.data)[idx], lengths)
+            done, rnd = done + take, rnd + 1
+        writer.finish()
+    del rng
+    for p in src.iterdir():
+        if p.is_file() and not p.name.startswith("train.") and p.name != "manifest.json":
+            shutil.copy2(p, out / p.name)
+    manifest["files"] = {p.name: file_entry(p) for p in sorted(out.iterdir())
+                         if p.suffix in (".bin", ".idx", ".txt") or p.name.startswith("tokenizer")}
+    manifest["splits"]["train"] = {"pairs": n, "tiled_from": str(src)}
+    write_manifest(out, manifest)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000,1000000,4500000")
@@ -205,7 +243,27 @@ def main() -> None:
     p.add_argument("--speed-rounds", type=int, default=3)
     p.add_argument("--speed-steps", type=int, default=40)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_data.json"))
+    p.add_argument("--tile", default="", help="SMALL:N: also train on a dataset of N pairs tiled from bin-SMALL "
+                                             "(when preparing N pairs takes too long); only this, then exit")
+    p.add_argument("--speed-only", type=int, default=0, help="N: only the memmap vs in-memory speed on bin-N")
     args = p.parse_args()
+    if args.speed_only:
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        result["speed_vs_in_memory"] = speed_vs_in_memory(Path(args.work) / f"bin-{args.speed_only}", args.speed_steps,
+                                                          args.speed_rounds, args.preset)
+        print(result["speed_vs_in_memory"], flush=True)
+        _write(args.out, result)
+        return
+    if args.tile:
+        small, n = (int(x) for x in args.tile.split(":"))
+        data = tile_dataset(Path(args.work) / f"bin-{small}", Path(args.work) / f"bin-tiled-{n}", n)
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        entry = {"tiled_from": small, "train": train_prepared(data, Path(args.work) / f"run-tiled-{n}", args.steps,
+                                                              args.preset)}
+        result.setdefault("tiled", {})[str(n)] = entry
+        print(n, entry, flush=True)
+        _write(args.out, result)
+        return
     work = Path(args.work)
     de, en = multi30k_sentences(Path(args.data_dir))
     result: dict = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),

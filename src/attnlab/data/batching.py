@@ -72,9 +72,9 @@ class TokenBatchSampler:
     """Yields lists of example indices whose padded size (batch x longest) stays under max_tokens.
 
     Works on numpy arrays of lengths, never Python lists of the corpus, so a corpus of millions of pairs costs a
-    few bytes per example. Bucketing (fairseq's): examples sorted by length (ties broken at random), cut into
-    batches in one pass over the batches, not the examples; then the order of the batches is shuffled by
-    (seed, epoch). An example longer than max_tokens gets a batch of its own. With num_replicas > 1 each rank
+    few bytes per example. Bucketing: examples sorted by length (ties broken at random); each length's examples
+    cut into full batches (vectorised, no padding), the few left over cut greedily; then the order of the
+    batches is shuffled by (seed, epoch). An example longer than max_tokens gets a batch of its own. With num_replicas > 1 each rank
     gets a disjoint, equal-length share of the batches (the last batches are repeated if needed, as
     DistributedSampler does). `batch(k)` is the k-th batch of this rank in the current epoch.
     """
@@ -107,14 +107,17 @@ class TokenBatchSampler:
         return np.random.default_rng([self.seed, self.epoch, salt])
 
     def _order(self) -> np.ndarray:
-        """Example indices in the order batches are cut from, (N,) int64."""
+        """Example indices in the order batches are cut from, (N,) int32 (int64 above 2^31 examples)."""
         n = len(self.lengths)
-        if self.shuffle:
-            order = self._rng(0).permutation(n)
-            if self.bucket:  # by length; the shuffle above breaks ties at random
-                order = order[np.argsort(self.lengths[order], kind="stable")]
-            return order
-        return np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)
+        index_dtype = np.int32 if n < 2**31 else np.int64
+        if not self.shuffle:
+            return (np.argsort(self.lengths, kind="stable") if self.bucket else np.arange(n)).astype(index_dtype)
+        key = self.lengths.astype(np.uint64) if self.bucket else np.zeros(n, np.uint64)  # (N,)
+        key <<= np.uint64(32)  # one sort key: the length, then a random tie-break (in place: 8 bytes an example)
+        key |= self._rng(0).integers(0, 2**32, size=n, dtype=np.uint32)
+        sorted_idx = np.argsort(key)
+        del key
+        return sorted_idx.astype(index_dtype)
 
     def _cut(self, sorted_lengths: np.ndarray) -> np.ndarray:
         """Batch start positions in ascending lengths: one step per batch, a search in a window of the next
@@ -130,6 +133,26 @@ class TokenBatchSampler:
             i += max(1, int(np.searchsorted(cost, budget, side="right")))
         return np.array(starts + [n], dtype=np.int64)
 
+    def _bucket(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batches of examples sorted by length, vectorised: each length's examples in full batches of
+        max_tokens // length (no padding), then the few left over from every length (fewer than one batch
+        each) cut greedily by `_cut`. Returns the reordered indices and the batch bounds into them."""
+        ordered = self.lengths[order]  # (N,) ascending
+        starts = np.concatenate([[0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1])  # each distinct length's run
+        values, counts = ordered[starts], np.diff(np.append(starts, len(ordered)))
+        size = np.maximum(1, self.max_tokens // np.maximum(values.astype(np.int64), 1))
+        if self.max_sentences:
+            size = np.minimum(size, self.max_sentences)
+        n_full = counts // size  # full batches of each length
+        rest = counts - n_full * size
+        left = np.zeros(len(order), dtype=bool)  # the left-over examples: the tail of each length's run
+        tails = np.repeat(starts + n_full * size, rest) + np.arange(rest.sum()) - np.repeat(np.cumsum(rest) - rest, rest)
+        left[tails] = True
+        full_sizes = np.repeat(size, n_full)
+        bounds = np.concatenate([[0], np.cumsum(full_sizes)])
+        tail_bounds = self._cut(ordered[left]) + bounds[-1]
+        return np.concatenate([order[~left], order[left]]), np.concatenate([bounds[:-1], tail_bounds])
+
     def _cut_unsorted(self, lengths: np.ndarray) -> np.ndarray:
         starts, longest, count = [0], 0, 0
         for pos, n in enumerate(lengths.tolist()):
@@ -144,9 +167,12 @@ class TokenBatchSampler:
 
     def _epoch_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = None  # the previous epoch's arrays go before this epoch's are made
             order = self._order()
-            ordered = self.lengths[order]
-            bounds = self._cut(ordered) if self.bucket else self._cut_unsorted(ordered)
+            if self.bucket:
+                order, bounds = self._bucket(order)
+            else:
+                bounds = self._cut_unsorted(self.lengths[order])
             n_batches = len(bounds) - 1
             batch_order = self._rng(1).permutation(n_batches) if self.shuffle else np.arange(n_batches)
             if self.num_replicas > 1:  # pad to a multiple of the ranks, then every num_replicas-th batch

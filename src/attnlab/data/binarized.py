@@ -15,6 +15,7 @@ Python objects: a batch is gathered from the memmap with one fancy index.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -123,8 +124,19 @@ def read_index(path: Path) -> dict[str, Any]:
     return {"dtype": _DTYPES[code], "offsets": offsets, "lengths": lengths, "count": count}
 
 
+def _advise(array: np.ndarray, advice: int) -> None:
+    """madvise on the mapping under a memmap (nothing for a plain array, or where madvise is missing)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise"):
+        mapping.madvise(advice)
+
+
 class IndexedSentences:
-    """One side of one split: `ids(i)` and `lengths` (N,) without reading the .bin into memory."""
+    """One side of one split: `ids(i)` and `lengths` (N,) without reading the .bin into memory.
+
+    The maps are advised MADV_RANDOM (a batch touches scattered pages: no read-ahead around them), and
+    `release()` drops the pages this process has touched from its page tables (MADV_DONTNEED; for a file they
+    stay in the page cache): without it, a long run's resident memory would grow towards the size of the files."""
 
     def __init__(self, prefix: Path):
         index = read_index(Path(f"{prefix}.idx"))
@@ -135,6 +147,12 @@ class IndexedSentences:
             raise DatasetError(f"{bin_path} is missing or truncated (its index lists {n_tokens} tokens)")
         # an empty file cannot be memmapped
         self.data = np.memmap(bin_path, dtype=self.dtype, mode="r") if n_tokens else np.zeros(0, self.dtype)
+        for array in (self.offsets, self.lengths, self.data):
+            _advise(array, mmap.MADV_RANDOM)
+
+    def release(self) -> None:
+        for array in (self.offsets, self.lengths, self.data):
+            _advise(array, mmap.MADV_DONTNEED)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -177,7 +195,10 @@ class BinarizedPairs:
 
     def example_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """(N,) source lengths with EOS and (N,) target lengths with BOS and EOS, int32."""
-        return self.src.lengths + np.int32(1), self.tgt.lengths + np.int32(2)
+        lengths = self.src.lengths + np.int32(1), self.tgt.lengths + np.int32(2)
+        self.src.release()
+        self.tgt.release()
+        return lengths
 
     def batch(self, indices: Any, pad_id: int) -> Batch:
         idx = np.asarray(indices, dtype=np.int64)
@@ -185,6 +206,8 @@ class BinarizedPairs:
             raise ValueError("cannot collate an empty batch")
         src, _ = self.src.padded(idx, 0, 1, pad_id)  # (B, S)
         tgt, _ = self.tgt.padded(idx, 1, 1, pad_id)  # (B, T + 1)
+        self.src.release()
+        self.tgt.release()
         tgt_t = torch.from_numpy(tgt)
         tgt_in, tgt_out = tgt_t[:, :-1], tgt_t[:, 1:]
         return Batch(torch.from_numpy(src), tgt_in, tgt_out, int((tgt_out != pad_id).sum()), pad_id)
