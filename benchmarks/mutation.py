@@ -39,7 +39,7 @@ TARGETS: dict[str, list[str]] = {
     "src/attnlab/layers/masks.py": ["tests/layers/test_attention.py", "tests/models/test_transformer.py",
                                     "tests/models/test_parity_nn_transformer.py"],
     "src/attnlab/layers/attention.py": ["tests/layers/test_attention.py", "tests/layers/test_attention_by_hand.py",
-                                        "tests/layers/test_rnn_attention.py",
+                                        "tests/layers/test_rnn_attention.py", "tests/layers/test_packed_attention.py",
                                         "tests/models/test_parity_nn_transformer.py"],
     "src/attnlab/layers/embedding.py": ["tests/layers/test_embedding.py", "tests/models/test_parity_nn_transformer.py"],
     "src/attnlab/layers/residual.py": ["tests/models/test_transformer.py", "tests/models/test_parity_nn_transformer.py"],

@@ -65,3 +65,15 @@ def test_general_luong_by_hand():
     context, w = attn(s, h, mask=torch.tensor([[True, True, False]]))
     torch.testing.assert_close(w, torch.tensor([[0.880797, 0.119203, 0.0]]), atol=1e-6, rtol=0)
     torch.testing.assert_close(context, torch.tensor([[0.880797, 0.119203]]), atol=1e-6, rtol=0)
+
+
+def test_attention_dropout_drops_the_weights_on_the_explicit_path():
+    """With need_weights (the explicit softmax), dropout_p applies F.dropout to the weights before they meet V."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 2, 3, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g)
+    torch.manual_seed(1)
+    out, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, need_weights=True)
+    torch.manual_seed(1)
+    expected = torch.nn.functional.dropout(w, 0.5) @ v
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, w @ v)  # something was dropped
