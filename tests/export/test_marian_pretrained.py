@@ -212,3 +212,28 @@ def test_attention_evaluate_serve_export(standin, tmp_path, capsys):
     again = Translator.load(tmp_path / "hf")
     assert again.generation == Translator.load(standin).generation
     assert again.translate(_sentences(20)) == Translator.load(standin).translate(_sentences(20))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, separate", [("opus-mt", False), ("tc-big", True)])
+def test_published_shapes(tmp_path, shape, separate):
+    """The opus-mt-de-en shape (512, 6+6, 8 heads, FFN 2048, vocabulary 58,101) and an opus-mt-tc-big-like one
+    (1024, 6+6, 16 heads, FFN 4096, separate vocabularies), random weights: logits and greedy tokens."""
+    out = write_marian_standin(tmp_path / shape, generated_text(3000, 1), generated_text(3000, 2), shape=shape,
+                               spm_vocab=1000, vocab_size=58101 if shape == "opus-mt" else 32000,
+                               separate_vocabs=separate, init_std=0.02)
+    hf = transformers.MarianMTModel.from_pretrained(out).eval()
+    tok = transformers.MarianTokenizer.from_pretrained(out)
+    translator = Translator.load(out)
+    texts = generated_text(8, 3)
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = hf.generate(**enc, num_beams=1, max_length=16, output_logits=True, return_dict_in_generate=True)
+    pad, eos = hf.config.pad_token_id, hf.config.eos_token_id
+    got = translator.translate_ids([tok(t)["input_ids"] for t in texts], DecodeConfig(beam=1, max_len_a=0, max_len_b=15))
+    assert [g[0] for g in got] == [_strip(row, eos, pad) for row in want.sequences]
+    with torch.no_grad():
+        state = translator.model.init_decode(enc["input_ids"], max_len=16)
+        for step, hf_logits in enumerate(want.logits):
+            logits, state, _ = translator.model.decode_step(want.sequences[:, : step + 1], state)
+            assert float((logits - hf_logits).abs().max()) < 1e-4
