@@ -248,6 +248,7 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
         if service.translator is None:
             raise HTTPException(404, "this server's model is a captioner, not a translator: use POST /caption")
         sentences: list[str] = req.text
+        beam = req.beam if req.beam is not None else min(service.translator.defaults["beam"], limits.max_beam)
         sel = None if isinstance(req.attention, bool) else req.attention
         if req.attention is not False and service.attention_shape is None:
             raise Refused(422, f"the {service.meta.get('arch', 'loaded')} model has no attention to return "
@@ -264,7 +265,7 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
                                    "sent", "invalid")
         # tokenizing 64 x 1000 characters takes a while: not on the event loop, which answers /health
         encoded = await asyncio.to_thread(lambda: [service.encode(s) if s.strip() else None for s in sentences])
-        work = sum(payload.sentence_work(e[0], req.beam) for e in encoded if e)
+        work = sum(payload.sentence_work(e[0], beam) for e in encoded if e)
         if work > limits.max_work:
             raise Refused(413, f"this request needs {work:,} units of work (source tokens x beam x longest output, "
                                f"summed over sentences); the limit is {limits.max_work:,}: send fewer or shorter "
@@ -280,7 +281,7 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
         real = [i for i, e in enumerate(encoded) if e]
 
         async def run() -> tuple[list[list[int]], dict[int, dict]]:
-            outputs = await service.queued(service.batcher.submit([encoded[i][0] for i in real], req.beam))
+            outputs = await service.queued(service.batcher.submit([encoded[i][0] for i in real], beam))
             by_index = dict(zip(real, outputs))
             maps = {}
             for i in wanted:  # one queued job per sentence: a bulk lane may yield between them
@@ -299,7 +300,7 @@ def create_app(model: Any = None, *, limits: Limits | None = None, captioner: Ca
         attention = None
         if req.attention is not False:
             attention = [maps.get(i) for i in range(len(sentences))]
-        body = {"translations": translations, "beam": req.beam, "attention": attention,
+        body = {"translations": translations, "beam": beam, "attention": attention,
                 "truncated": [i for i in real if encoded[i][1]],
                 "elapsed_ms": round(1000 * (time.perf_counter() - start), 2)}
         return _json(body, cap, payload.TRANSLATE_HINT)
