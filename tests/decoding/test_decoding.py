@@ -445,3 +445,17 @@ def test_deferred_compaction_gives_the_same_tokens_and_attention(monkeypatch, de
     torch.testing.assert_close(attention, ref_attention, atol=1e-6, rtol=0)
     for i, n in enumerate(lengths):
         assert float(attention[i, n:].abs().sum()) == 0.0
+
+
+def test_fast_argmax_is_the_first_maximum_of_each_row():
+    """Greedy's argmax over blocks of 64 (vocabularies >= 64, a partial last block or none), ties included."""
+    from attnlab.decoding.greedy import fast_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (64, 100, 640, 8000, 8003):
+        x = torch.randn(40, vocab, generator=g)
+        x[0, [3, vocab - 1]] = 50.0  # a tie: the first wins
+        x[1, -1] = 50.0  # the maximum in the partial last block (or the last of a full one)
+        x[2, 64 % vocab] = x[2, (64 % vocab) + 1] = 50.0  # a tie inside one block
+        x[3] = 0.0  # all equal: index 0
+        assert torch.equal(fast_argmax(x), x.argmax(dim=-1)), vocab
