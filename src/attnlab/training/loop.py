@@ -8,10 +8,8 @@ rank 0 alone logs, validates and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,19 +35,14 @@ from attnlab.training.distributed import agree, gather_rng_states, is_main_proce
 from attnlab.training.loss import label_smoothed_nll, projected_label_smoothed_nll
 from attnlab.training.memory import keep_freed_memory
 from attnlab.training.schedule import inverse_sqrt_schedule
+from attnlab.training.validation import (  # noqa: F401 (ValidationSet: part of this module's API)
+    ValidationSet, append_log, repair_log, score_of, source_length, validation_scores)
 
 Example = tuple[Any, list[int]]  # (source ids or image, target ids BOS ... EOS)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message names the step."""
-
-
-@dataclass
-class ValidationSet:
-    examples: list[Example]  # encoded, for loss / perplexity
-    sources: list[Any]  # raw source sentences (or images) for BLEU
-    references: list[Any]  # raw reference sentences (or lists of them)
 
 
 def _fused_if_supported(device: torch.device) -> dict[str, bool]:
@@ -136,9 +129,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training before this process (resume)
         self.history: list[dict[str, Any]] = []
 
-    @staticmethod
-    def _length(src: Any) -> int:
-        return len(src) if isinstance(src, (list, tuple)) else 1
+    _length = staticmethod(source_length)
 
     # ---- state -----------------------------------------------------------------------------
     def trainer_state(self) -> dict[str, Any]:
@@ -174,22 +165,13 @@ class Trainer:
         return self.elapsed + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
 
     def _repair_log(self) -> None:
-        """A kill -9 in the middle of a log write leaves half a line; cut it so log.jsonl stays JSON lines."""
-        path = self.run_dir / "log.jsonl"
-        if not is_main_process() or not path.is_file():
-            return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        if is_main_process():
+            repair_log(self.run_dir / "log.jsonl")
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not is_main_process():
-            return
-        self.history.append(record)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if is_main_process():
+            self.history.append(record)
+            append_log(self.run_dir / "log.jsonl", record)
 
     def _train_batch(self, idx: Any) -> Batch:
         if hasattr(self.train_data, "batch"):  # gathered straight from the memmaps
@@ -281,30 +263,14 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         model = unwrap(self.model)
         model.eval()
-        nll_sum, tokens = 0.0, 0
-        loss_sum = 0.0
-        sampler = TokenBatchSampler([self._length(e[0]) for e in self.valid.examples],
-                                    [len(e[1]) for e in self.valid.examples], self.cfg.max_tokens, shuffle=False)
-        for idx in sampler:
-            batch = self.collate_fn([self.valid.examples[i] for i in idx], self.pad_id).to(self.device)
-            with autocast(self.amp, self.device):
-                logits = model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.pad_id, self.cfg.label_smoothing)
-            loss_sum += float(loss)
-            nll_sum += float(nll)
-            tokens += int(batch.n_tokens)
-        result: dict[str, Any] = {"valid_loss": loss_sum / max(tokens, 1), "valid_ppl": perplexity(nll_sum, tokens)}
-        n = self.cfg.eval_bleu_sentences
-        if n and self.translate_fn is not None and self.valid.sources:
-            hyps = self.translate_fn(model, self.valid.sources[:n], self.cfg.eval_beam)
-            refs = self.valid.references[:n]
-            result.update({k: v for k, v in self.score_fn(hyps, refs).items() if k != "bleu_signature"})
-            result["valid_sample"] = hyps[0]
-        model.train()
-        return result
+        try:
+            return validation_scores(model, self.valid, self.cfg, self.device, self.pad_id, self.amp, self.collate_fn,
+                                     self.translate_fn, self.score_fn)
+        finally:
+            model.train()
 
     def _score(self, result: dict[str, Any]) -> float:
-        return float(result["bleu"]) if "bleu" in result else -float(result["valid_loss"])
+        return score_of(result)
 
     def _evaluate_and_save(self) -> bool:
         """Validate, keep the best weights, checkpoint (on rank 0; every rank's RNG state goes into it).
