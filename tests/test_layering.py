@@ -95,6 +95,12 @@ def test_every_import_points_down():
     assert violations() == []
 
 
+def test_every_module_says_its_place_in_the_layering():
+    missing = [str(p.relative_to(SRC.parent)) for p in sorted(SRC.rglob("*.py"))
+               if "Place in the layering" not in (ast.get_docstring(ast.parse(p.read_text())) or "")]
+    assert missing == []
+
+
 def test_an_upward_import_is_caught(tmp_path):
     # the check itself can fail: a layers module importing the training loop, lazily inside a function
     pkg = tmp_path / "attnlab"

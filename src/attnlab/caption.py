@@ -3,6 +3,8 @@
 Used by `attnlab caption`, validation during training, and the HTTP service (`caption(bytes, beam)`).
 Captioners speak the same decoding protocol as the translators, so greedy and beam search are the
 library's own; attention over the image regions comes from a teacher-forced pass on the output.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

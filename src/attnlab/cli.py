@@ -1,6 +1,9 @@
 """The `attnlab` command line. Each subcommand lives in attnlab/commands/<name>.py and provides
 `add_parser(subparsers)` and `run(args)`. Errors users can fix print one line and exit 2; a bug prints
-one line and exits 1 (ATTNLAB_DEBUG=1 raises it with its traceback)."""
+one line and exits 1 (ATTNLAB_DEBUG=1 raises it with its traceback).
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

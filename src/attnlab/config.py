@@ -2,6 +2,8 @@
 
 `TransformerConfig.preset("base")` and `("big")` are the sizes of Vaswani et al. 2017, Table 3.
 The small presets are sized for a laptop CPU.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

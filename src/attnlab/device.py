@@ -1,4 +1,7 @@
-"""`--device` values checked up front: a clear one-line error instead of torch's assertion deep inside."""
+"""`--device` values checked up front: a clear one-line error instead of torch's assertion deep inside.
+
+Place in the layering: io, the lowest part; imports nothing from attnlab (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,8 @@ its usual cache (HF_HUB_CACHE, ~/.cache/huggingface/hub), or read from it alone 
 
 A local path always wins: a name is looked up on the Hub only when no such file or directory exists.
 Offline without the model in the cache, or a name the Hub does not have, is one line naming it.
+
+Place in the layering: io, the lowest part; imports nothing from attnlab (tests/test_layering.py).
 """
 from __future__ import annotations
 

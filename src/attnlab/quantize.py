@@ -8,6 +8,8 @@ vocabulary (the largest matrix of a small translator; the embedding it may share
 the plain linear layers of the RNN and captioning models. What is not: embeddings, recurrent cells,
 convolutions, layer norms. BLEU before and after: benchmarks/multi30k_quality.py (`--int8`); speed:
 `attnlab bench decode`.
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 `load_run(path)` accepts a training run (RUN/), or one of its checkpoints (RUN/checkpoints/step-N).
 Every failure is a one-line error naming the path and the problem.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Tasks: `multi30k` (local copy or download), generated `dates`, `numbers`, `copy`
 download; the README demo), `files` (your own line-aligned or TSV parallel text), and `wmt14` (the paper's
 English-German data, downloaded or found in --data-dir). multi30k, files and wmt14 are prepared into a
 binarized dataset (data/prepare.py) and trained from memmaps; the generated tasks stay in memory.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Used by the CLI (`translate`, `evaluate`), validation during training, and the HTTP service.
 Empty lines translate to empty lines; over-long inputs are truncated with one warning; unknown
 characters map to <unk> in the tokenizer and never crash.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

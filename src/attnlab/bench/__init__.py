@@ -2,4 +2,6 @@
 
 `attnlab bench train|epoch|decode|attention [options]` (or benchmarks/bench_*.py) runs them; see
 benchmarks/README.md for what each measures.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """

@@ -5,6 +5,8 @@ softmax(Q K^T / sqrt(d_k)) V that materialises the (T x T) score matrix. Also th
 B x H x T x d_k with B * T fixed (a constant token budget per batch), fp32.
 
     attnlab bench attention --out benchmarks/results/attention_scaling.json
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

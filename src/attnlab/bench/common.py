@@ -4,6 +4,8 @@ the matmul peak, peak RSS, the `--device` option, and the JSON report.
 
 Every benchmark measures attnlab and its reference in the same process on the same inputs, alternating
 between them, and reports medians and their ratio.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

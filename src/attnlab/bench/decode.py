@@ -14,6 +14,8 @@ With `--device cuda` every system decodes on the GPU and each timed call ends in
 
     attnlab bench decode --out benchmarks/results/decode_small.json
     attnlab bench decode --device cuda --out benchmarks/results/decode_small_cuda.json
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ padding) and trains on the real tokens only. Timed: data loading + collation + f
 optimizer step, for `--fraction` of an epoch (then scaled to a whole epoch), with padding waste.
 
     attnlab bench epoch --fraction 0.1 --out benchmarks/results/epoch_multi30k.json
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

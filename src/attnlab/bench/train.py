@@ -14,6 +14,8 @@ and the memory reported is torch.cuda.max_memory_allocated per configuration ins
     attnlab bench train --size base --batches 4 --out benchmarks/results/train_base.json
     attnlab bench train --configs ref-fp32,ref-fp32-compile,attnlab-fp32,attnlab-fp32-compile   # torch.compile
     attnlab bench train --device cuda --size base --out benchmarks/results/train_base_cuda.json
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Cross-attention (source tokens x target tokens) by default; `--kind encoder` or `decoder` draws
 self-attention. Choose `--layer` and `--head`, or average (the default: last layer, mean of heads).
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

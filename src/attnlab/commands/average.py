@@ -1,7 +1,10 @@
 """attnlab average: the element-wise mean of a finished run's last K checkpoints (the paper, section 6.1: the
 base models average the last 5 checkpoints, the big ones the last 20), written as a new model directory that
 `attnlab evaluate`, `translate` and `serve` take like any run. (`--set average_last=K` does the same at the end
-of training, keeping the average only when it validates better.)"""
+of training, keeping the average only when it validates better.)
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

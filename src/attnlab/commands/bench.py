@@ -6,6 +6,8 @@
     attnlab bench attention  fused vs naive attention as the sequence length doubles
 
 Each takes its own options: `attnlab bench train --help`.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """attnlab caption: a caption for each image, and with --attention-out a picture per image of where
 the model looked for each word (the attention over the image regions, upsampled, one panel per word).
-Prints one line per image: PATH<TAB>caption, then <TAB>PICTURE with --attention-out."""
+Prints one line per image: PATH<TAB>caption, then <TAB>PICTURE with --attention-out.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

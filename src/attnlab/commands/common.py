@@ -1,4 +1,7 @@
-"""Arguments shared by several subcommands."""
+"""Arguments shared by several subcommands.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

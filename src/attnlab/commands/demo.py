@@ -1,6 +1,9 @@
 """attnlab demo: the README's first command. Trains a small Transformer on a generated task (dates
 written in English -> German, no download) for a couple of minutes, translates a few examples,
-scores the test split, and writes a cross-attention heatmap."""
+scores the test split, and writes a cross-attention heatmap.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,9 @@
 """attnlab evaluate: sacreBLEU and chrF of a model on a source/reference file pair (or a split of its task).
 For an image captioner: BLEU-1..4 against all the reference captions of each image (a split of its task,
-or --captions FILE)."""
+or --captions FILE).
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

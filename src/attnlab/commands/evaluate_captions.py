@@ -1,6 +1,9 @@
 """`attnlab evaluate` for an image captioner: BLEU-1..4 of its captions against all the reference
 captions of each image (Xu et al. 2015, Table 1), on a split of the task it was trained on or on a
-captions file (the TSV of coco_mini, or COCO-format JSON with --image-dir)."""
+captions file (the TSV of coco_mini, or COCO-format JSON with --image-dir).
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

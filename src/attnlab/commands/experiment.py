@@ -4,6 +4,8 @@ Trains each architecture on the same task and data for the same time budget, tra
 split, and writes BLEU per source-length bucket (the shape of Bahdanau et al. 2014, Figure 2) as a
 table (results.md), JSON (results.json) and a plot (bleu_by_length.png), with training time per
 architecture. Runs that already exist in OUT/<arch> are resumed (or reused when finished).
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@
                  translations; `attnlab translate --model DIR` loads it too.
   --format onnx  encoder.onnx + decoder_step.onnx (with cache inputs) for onnxruntime.
 A model card (README.md: data, training time, BLEU, command) is written with every export.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """attnlab prepare: raw parallel text -> a binarized dataset (token ids in memory-mapped .bin/.idx files, a
 manifest), streamed, encoded by worker processes, resumable when killed. `attnlab train --data-bin OUT` trains
-from it; `attnlab train --task multi30k|files|wmt14` does the same into RUN/data by itself."""
+from it; `attnlab train --task multi30k|files|wmt14` does the same into RUN/data by itself.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

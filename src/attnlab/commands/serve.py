@@ -2,6 +2,8 @@
 
 POST /translate, POST /caption (captioning models), GET /health, /ready, /metrics, /openapi.json
 (and /docs with --docs), and the page at /. Needs the `serve` extra: pip install 'attnlab[serve]'.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

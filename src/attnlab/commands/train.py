@@ -1,4 +1,7 @@
-"""attnlab train: build the task's data and tokenizer, then train (or resume) a model into RUN."""
+"""attnlab train: build the task's data and tokenizer, then train (or resume) a model into RUN.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

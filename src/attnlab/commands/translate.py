@@ -1,4 +1,7 @@
-"""attnlab translate: one sentence per line from stdin (or --text / --input) to stdout."""
+"""attnlab translate: one sentence per line from stdin (or --text / --input) to stdout.
+
+Place in the layering: commands; imports only from serve and bench and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,8 @@
 Examples are (source ids + EOS, BOS + target ids + EOS). A `Batch` is built once per batch:
 src (B, S), tgt_in = BOS ... (B, T), tgt_out = ... EOS (B, T), right-padded with pad_id. Masks are
 built by the model from pad_id (bool, True = may attend); `Batch.src_mask` gives the same mask.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ Per split and side (`train.src`, `train.tgt`, `valid.src`, ...):
 sha256, and the tokenizer's fingerprint. Opening checks sizes and the tokenizer (cheap; a truncated or foreign
 dataset is a one-line error); `verify=True` also checks every sha256. Nothing of the corpus is read into
 Python objects: a batch is gathered from the memmap with one fancy index.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Parallel corpora from plain line-aligned text (optionally gzipped) and TSV files."""
+"""Parallel corpora from plain line-aligned text (optionally gzipped) and TSV files.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,7 @@
-"""Fetching a file over HTTP(S) atomically: a temporary file beside the target, renamed when complete."""
+"""Fetching a file over HTTP(S) atomically: a temporary file beside the target, renamed when complete.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import os

@@ -5,6 +5,8 @@
 - `numbers`: the same number in words in two languages (num2words), e.g.
              "three hundred and twelve" -> "dreihundertzwölf"; long numbers give long inputs
 - `copy`, `reverse`: sequences of symbols, copied or reversed (for tests)
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@
   captions JSON + image folder): one `CaptionedImage` per image with all its captions.
 - `scenes_dataset`: pictures of two coloured shapes, captioned "a red circle left of a blue square";
   each scene records where its objects are, so tests can check where the model looks.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ tokenizer_config.json. transformers' MarianTokenizer, which this equals token fo
     target: ids -> pieces (special ids dropped) -> target.spm's decode_pieces -> "▁" as spaces, stripped
 
 transformers is not needed. The target side starts decoding from the pad id (Marian's decoder start).
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Reads a local copy (`data_dir` holding raw/{split}.{lang}.gz or {split}.{lang}.gz, e.g. the
 `multi30k/` folder of a shared data directory), otherwise downloads the official raw files.
 The data is for non-commercial research and education use: it is never bundled with attnlab.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@
 
 Killed at any point, a re-run with the same request resumes: the tokenizer and every finished chunk
 (its `.json` is written after its files) are kept in `OUT/.work/`; a different request starts over.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

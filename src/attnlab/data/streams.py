@@ -1,5 +1,8 @@
 """Parallel text as streams: line-aligned files (.gz ok) and TSV read a block at a time, never whole, and a
-seeded reservoir sample of a stream of unknown length (a tokenizer's training sample)."""
+seeded reservoir sample of a stream of unknown length (a tokenizer's training sample).
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import csv

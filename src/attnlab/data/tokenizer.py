@@ -3,6 +3,8 @@
 Sentencepiece-style: NFKC normalisation, a Metaspace pre-tokenizer ("▁" marks a word start), so
 `decode(encode(text))` gives detokenised text back without language-specific rules. Special ids are
 fixed: <pad>=0, <s>=1 (BOS), </s>=2 (EOS), <unk>=3. Unknown characters become <unk>; nothing raises.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

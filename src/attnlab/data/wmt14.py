@@ -6,6 +6,8 @@ The archives are the ones published by the workshop (statmt.org), the same files
 found there: put the .tgz files in it by hand on a machine without internet), and only the members needed
 are extracted. newstest2014 comes as SGML: the segments are taken out as sacreBLEU does (`<seg id=..>text</seg>`,
 whitespace collapsed), so BLEU computed on them is sacreBLEU's `wmt14/full` test set.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

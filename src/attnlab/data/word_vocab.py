@@ -2,6 +2,8 @@
 
 Captions are normalised (NFKC, lower case, punctuation dropped) and split on white space; words seen
 fewer than `min_frequency` times map to <unk>. Saved as one tokenizer JSON file (RUN/vocab.json).
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ the GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016); alpha
 lp(Y) = |Y| ** alpha, a sentence keeps its K best finished hypotheses (a better one replaces the worst),
 and it is done once its best live hypothesis, normalised at the current length, cannot beat the worst
 finished one (early_stopping=False; with `early_stopping`, as soon as it has K).
+
+Place in the layering: decoding; imports only from models and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

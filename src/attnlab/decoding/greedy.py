@@ -1,4 +1,7 @@
-"""Greedy decoding: at every step take the most probable next token."""
+"""Greedy decoding: at every step take the most probable next token.
+
+Place in the layering: decoding; imports only from models and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 from typing import Sequence

@@ -8,6 +8,8 @@
 
 `model.pad_id` is the padding id. Greedy, beam search, BLEU and attention pictures are written
 once against this protocol.
+
+Place in the layering: decoding; imports only from models and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@
 
 Intended CLI (written elsewhere): `attnlab export --model RUN --format hf|onnx --out DIR`.
 Both need the optional extra: `pip install 'attnlab[export]'`.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from attnlab.export.card import write_model_card
 from attnlab.export.hf import MarianExportError, export_marian, marian_permutation

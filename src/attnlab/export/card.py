@@ -4,6 +4,8 @@ It records what the exported weights are (architecture, vocabulary, special ids)
 made (the `model_card` dict: data, training time, BLEU, command, anything else given) and how to
 run them. Entries that were not given are written as "not recorded" rather than left out, so a
 missing fact is visible.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

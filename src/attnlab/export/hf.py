@@ -22,6 +22,8 @@ positions, so the weights map one to one, with two differences handled here:
 
 Refused with a clear error (Marian has no equivalent): pre-norm models, learned or no positions,
 a LayerNorm epsilon other than 1e-5. Models without biases are exported with zero biases.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

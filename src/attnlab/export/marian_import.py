@@ -20,6 +20,8 @@ setting attnlab does not compute is refused with a one-line error naming it:
   (else config.json): `generation_defaults`.
 
 Weights: model.safetensors (or its shards), else pytorch_model.bin read with torch.load(weights_only=True).
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ the cache is a pair of tensors in, a pair out.
 
 Exporter: torch.onnx.export(dynamo=True) (torch.export + onnxscript), the default since torch 2.9
 and the one maintained; the TorchScript exporter (dynamo=False) is deprecated.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Building blocks, one concept a file, named as in the papers."""
+"""Building blocks, one concept a file, named as in the papers.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
+"""
 from attnlab.layers.attention import MultiHeadAttention, scaled_dot_product_attention
 from attnlab.layers.embedding import (
     LearnedPositionalEncoding,

@@ -6,6 +6,8 @@ Multi-head attention:          MultiHead(Q, K, V) = Concat(head_1, ..., head_h) 
 
 Masks are bool, True = may attend, broadcastable to the scores (B, n_heads, T_query, T_key).
 A query whose keys are all masked gets a zero output (never NaN), forward and backward.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ It is compiled once per machine by attnlab.layers.cpu_kernels (the system's C co
 `~/.cache/attnlab`). Where that cannot happen (no compiler, not Linux, a PyTorch without GNU OpenMP,
 `ATTNLAB_KERNELS=0`), `kernels()` and `kernel()` are None, `applies` is False and the callers use
 PyTorch's kernels: nothing else changes.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

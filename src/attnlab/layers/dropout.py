@@ -14,6 +14,8 @@ makes dropout one of the most expensive operations of a CPU training step.
 - Elsewhere the mask comes from 15-bit random integers, four per 64-bit draw of `random_` (an int64
   draw viewed as four int16, each masked to its low 15 bits: ~7x fewer generator calls than one float
   per element; p resolved to 2^-15), is kept as bool, and applied with an in-place fill.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Input/output embeddings and positional encodings (paper, sections 3.4 and 3.5)."""
+"""Input/output embeddings and positional encodings (paper, sections 3.4 and 3.5).
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import math

@@ -7,6 +7,8 @@ network as one function: the dropped units are zeroed in place before the ReLU, 
 rides on the second matmul (its alpha, forward and backward), and backward needs no mask: a hidden unit
 passes gradient where its dropped-out activation is positive. That is 2 passes over the (N, d_ff)
 activations forward and 1 backward instead of 3 and 3, and no saved dropout mask.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

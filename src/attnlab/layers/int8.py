@@ -6,6 +6,8 @@ Unlike torch.ao's `quantize_dynamic` modules, an `Int8Linear` also serves blocks
 attention's stacked `in_proj` (W^Q; W^K; W^V) is used whole by self-attention and as W^Q and [W^K; W^V]
 by encoder-decoder attention. Quantising per output row makes a block of rows exactly the rows of the
 whole, so every use multiplies by the same int8 weights; each block is packed once, on first use.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

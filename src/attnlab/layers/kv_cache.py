@@ -7,6 +7,8 @@ Storage is (B, max_len, H, d_k), position before head: the filled part of a row,
 contiguous block, so beam search's reorder is a row gather of contiguous blocks (~5x faster than
 from a (B, H, max_len, d_k) buffer, whose filled part is H separate pieces per row). Keys and values are
 handed to attention as (B, H, length, d_k) views.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Attention masks. One convention everywhere: bool, True = may attend (as F.scaled_dot_product_attention).
 
 Masks are broadcast against attention scores of shape (B, n_heads, T_query, T_key).
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ PyTorch's fused Adam (`Adam(fused=True)`, what the trainer uses) writes the para
 bumping it, and a validation decode between training steps would otherwise multiply by the weights
 of the previous validation. The result is the same function in float32 (differences at rounding
 level, ~1e-6 relative).
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -25,6 +25,8 @@ forward + backward over 4 steps (profiler): 0.64 s with the batched matmuls -> 0
 It computes softmax(Q K^T / sqrt(d_k)) V with the same masks (bool, True = may attend) as
 attnlab.layers.attention.scaled_dot_product_attention, without dropout on the weights, for masks that
 leave every query at least one key (the caller checks).
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ at the pads, which the masks hide) and `pack` gathers the attention output back.
 The result for every real token equals the padded computation's (it is the same function of the
 same inputs); the saving is the padded fraction of the work. Used by `Transformer.forward(...,
 positions=...)`, which the trainer calls with the target positions that carry a loss.
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

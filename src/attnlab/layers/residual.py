@@ -2,6 +2,8 @@
 
 Post-norm (the paper): LayerNorm(x + Dropout(Sublayer(x))).
 Pre-norm (an option; trains deep stacks without warm-up tricks): x + Dropout(Sublayer(LayerNorm(x))).
+
+Place in the layering: layers; imports only from io and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""sacreBLEU and chrF on detokenised output (default settings: 13a tokenisation, case-sensitive)."""
+"""sacreBLEU and chrF on detokenised output (default settings: 13a tokenisation, case-sensitive).
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import math

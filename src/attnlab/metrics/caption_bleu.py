@@ -2,6 +2,8 @@
 
 BLEU-n is the geometric mean of the 1..n-gram precisions times the brevity penalty (Papineni et al.
 2002), as reported in the captioning papers (Xu et al. 2015, Table 1); scores are on a 0-100 scale.
+
+Place in the layering: data; imports only from decoding and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ multi-head self-attention over the patches (Dosovitskiy et al. 2021); or CNN reg
 Both speak the decoding protocol of attnlab.decoding (the source is a batch of images (B, 3, H, W)),
 so greedy, beam search and BLEU are the translators' own, and `attention_maps(images, tgt)["cross"]`
 is (L, B, H, T, R) over the R regions of `grid_shape`, as for translation.
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -30,6 +30,8 @@ Choices not in the papers, all as in OpenNMT-py:
 Decoding protocol (shared by every model family, see attnlab.decoding): the RNN hidden state is
 the cache. `init_decode(src, use_cache=False)` keeps only the encoder's results and replays the
 whole prefix at every step, the reference the cached path must equal.
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ Decoding protocol (shared by every model family in attnlab, see attnlab.decoding
     state = model.init_decode(src, max_len, use_cache)
     logits, state, weights = model.decode_step(prefix, state, need_weights)
     state.reorder(index)   # beam search
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ It applies to CPU float32 inference without gradients, autocast or tracing, with
 of each row, when attnlab's C kernels could be compiled (attnlab.layers.decode_kernel) and the decoder is
 built from attnlab's own layers; everywhere else `Transformer.decode_step` takes the modules' path, which
 tests hold it equal to (tests/models/test_transformer_step.py).
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ a_1..a_L of Show, Attend and Tell (Xu et al. 2015, section 3.1.1).
   ImageNet weights, downloaded by torchvision), pooled to the grid. torchvision is an optional
   dependency, imported only when such a backbone is asked for; without it, a one-line error.
 Both map (B, 3, H, W) -> (B, grid_size * grid_size, d_feature), regions in row-major order.
+
+Place in the layering: models; imports only from layers and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

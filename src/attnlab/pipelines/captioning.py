@@ -5,6 +5,8 @@
 - captions: your images with captions: a COCO-format captions JSON (--coco-json, --image-dir) or the
             flat TSV of ../shared/data/coco_mini (--data-dir DIR or --captions-tsv FILE).
 The vocabulary is word-level (attnlab.data.word_vocab), saved as RUN/vocab.json.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

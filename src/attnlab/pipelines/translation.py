@@ -2,6 +2,8 @@
 
 Defaults depend on the task: a generated task trains a tiny model in a couple of minutes on a CPU;
 Multi30k trains the `small` Transformer with a joint 8k BPE vocabulary.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

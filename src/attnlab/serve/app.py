@@ -15,6 +15,8 @@ its work budget (payload.py) and the size of its answer (`max_response_mb`); the
 `request_timeout_s` (504), and work for a client that has gone away is dropped. Bad input is a 4xx
 with a one-line `error` (and `detail`); a failure of the model on one request is a JSON 500 for
 that request only; nothing answers with anything but JSON, except the page and /metrics.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 
 import asyncio

@@ -19,6 +19,8 @@ So a maximal request delays a one-sentence request by at most one chunk running 
 event loop stays free to answer /health. If a batched call fails, each of its jobs is run again
 alone: one failing sentence fails only its own request. More than `max_queue` places waiting:
 `submit` raises Overloaded (503).
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

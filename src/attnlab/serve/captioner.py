@@ -9,6 +9,8 @@ where `attention[i]` is the weight of each of the h*w image regions (row-major) 
 produced. Captioning models (Show, Attend and Tell and its kin) speak the same decoding protocol as
 the translators, so their wrapper is small; it is looked up as `attnlab.caption.Captioner.load(run,
 device)` when the run's architecture is a captioning family (see `load_captioner`).
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

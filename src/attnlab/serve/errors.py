@@ -1,4 +1,7 @@
-"""Errors as the service answers them: JSON {"error": one line, "detail": ...}, never a bare 500."""
+"""Errors as the service answers them: JSON {"error": one line, "detail": ...}, never a bare 500.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
+"""
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError

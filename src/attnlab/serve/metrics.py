@@ -9,6 +9,8 @@ several apps in one process (the tests) do not collide.
     attnlab_decode_seconds{lane}                   seconds per decoding call (histogram)
     attnlab_output_tokens_total                    tokens decoded; rate() of it is tokens/s
     attnlab_tokens_per_second                      of the last decoding call
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

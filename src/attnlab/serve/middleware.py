@@ -7,6 +7,8 @@
     BodyLimit   request bodies over the limit: 413, by Content-Length or while streaming
 
 Every refusal is JSON {"error": one line, "detail": ...}, as the endpoints' errors are.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

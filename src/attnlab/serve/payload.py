@@ -4,6 +4,8 @@ and cross-attention selected and encoded compactly.
 Work of a sentence = source tokens x beam x the longest output it may get (a * S + b, the decoding
 protocol's length limit): the number of (beam hypothesis, target step, source position) triples the
 decoder may touch. A request's work is the sum over its sentences.
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The service's limits and its request and response bodies (they make the OpenAPI schema)."""
+"""The service's limits and its request and response bodies (they make the OpenAPI schema).
+
+Place in the layering: serve and bench; imports only from applications and the parts below it (tests/test_layering.py).
+"""
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Union
 

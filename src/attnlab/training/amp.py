@@ -1,4 +1,7 @@
-"""Mixed precision: bf16 autocast where the hardware has it, fp16 + GradScaler on older GPUs."""
+"""Mixed precision: bf16 autocast where the hardware has it, fp16 + GradScaler on older GPUs.
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import contextlib

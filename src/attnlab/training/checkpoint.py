@@ -12,6 +12,8 @@ either the old or the new version, never half a file. `state.json` records each 
 checked on load. Weights are safetensors; the optimizer state is loaded with `weights_only=True`,
 so loading never unpickles code. Saved weights are those of the unwrapped model (no DDP or
 torch.compile prefixes).
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Training configuration (saved in RUN/config.json)."""
+"""Training configuration (saved in RUN/config.json).
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import dataclasses

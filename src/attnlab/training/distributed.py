@@ -8,6 +8,8 @@ group at the end. Without WORLD_SIZE > 1 it does nothing, so one code path serve
 Decisions that touch the run directory are made on rank 0 and sent to the others (`on_rank0`), so no
 two processes race to write the same file and every rank fails together, not one rank hanging in a
 collective while another has exited.
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

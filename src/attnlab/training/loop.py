@@ -4,6 +4,8 @@
 Works on one process or under torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPU): batches
 are sharded by the sampler, gradients of accumulated batches are synchronised once (`no_sync`), and
 rank 0 alone logs, validates and writes checkpoints.
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ The loss of one token with target y over a vocabulary of V, with log-probabiliti
 log-sum-exp per row in fp32 (bf16 logits are widened a block of rows at a time, never copied to fp32 whole), and a
 backward that writes (softmax(x) - (1 - eps) onehot(y) - eps / V) * grad straight from the saved
 logits, instead of materialising fp32 log-probabilities twice (smoothed loss and plain NLL).
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ which a training process reaches at its first steps anyway.
 Process-wide (it also speeds up anything else that runs in the process); only on Linux with glibc; off
 with ATTNLAB_MALLOC_TUNING=0. The same can be had without attnlab by setting the environment variables
 MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ before Python starts.
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@
 
 i.e. linear warm-up for `warmup_steps`, then decay with the inverse square root of the step.
 `scale` multiplies the whole curve (the Annotated Transformer's `factor`).
+
+Place in the layering: training; imports only from data and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Attention heatmaps: target tokens (rows) x source tokens (columns), one layer/head or averaged."""
+"""Attention heatmaps: target tokens (rows) x source tokens (columns), one layer/head or averaged.
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,8 @@
 """Where the captioner looked: the image once, then one panel per generated word with that word's
-attention over the grid of regions, upsampled to the picture and drawn over it (Xu et al. 2015, Fig. 2)."""
+attention over the grid of regions, upsampled to the picture and drawn over it (Xu et al. 2015, Fig. 2).
+
+Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
+"""
 from __future__ import annotations
 
 import math
