@@ -28,6 +28,7 @@ import torch
 
 from attnlab.data.batching import Batch
 from attnlab.data.tokenizer import BOS_ID, EOS_ID
+from attnlab.io import sha256
 
 MAGIC = b"ATNLIDX1"
 FORMAT = 1
@@ -43,16 +44,6 @@ class DatasetError(ValueError):
 def ids_dtype(vocab_size: int) -> np.dtype:
     """The smallest dtype for ids below vocab_size: uint16 below 65,536, else int32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class IndexedWriter:
@@ -222,7 +213,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def open_manifest(directory: str | Path, tokenizer_fingerprint: str | None = None,
@@ -248,6 +239,6 @@ def open_manifest(directory: str | Path, tokenizer_fingerprint: str | None = Non
         if size != entry["bytes"]:
             raise DatasetError(f"{file} is {'missing' if size is None else f'{size} bytes'}, the manifest says "
                                f"{entry['bytes']}: the dataset is truncated or was changed; prepare it again")
-        if verify and sha256_file(file) != entry["sha256"]:
+        if verify and sha256(file) != entry["sha256"]:
             raise DatasetError(f"{file} does not match its sha256 in the manifest: the dataset is corrupt")
     return manifest
