@@ -151,9 +151,9 @@ def request_model(limits: Limits, n_layers: int, n_heads: int) -> type[BaseModel
             Field(description=f"a sentence, or a list of at most {limits.max_sentences}, "
                               f"each at most {limits.max_chars} characters"),
         ]
-        beam: Whole | None = Field(None, ge=1, le=limits.max_beam,
-                                   description="beam size (1 = greedy); default: the model's own (chosen on "
-                                               "validation when attnlab trained it, or a Marian model's num_beams)")
+        beam: Annotated[Whole, Field(ge=1, le=limits.max_beam)] | None = Field(
+            None, description="beam size (1 = greedy); default: the model's own (chosen on validation when attnlab "
+                              "trained it, or a Marian model's num_beams)")
         attention: bool | AttentionRequest = Field(
             False, description=f"cross-attention weights: true for all layers and heads, or a selection (at most "
                                f"{limits.max_attention_sentences} sentences; answers over "
