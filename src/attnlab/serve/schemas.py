@@ -5,6 +5,7 @@ Place in the layering: serve and bench; imports only from applications and the p
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal, Union
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 
@@ -56,6 +57,14 @@ def _whole_number(value: Any) -> Any:
 
 
 Whole = Annotated[int, BeforeValidator(_whole_number)]
+
+
+def _json_schema_bounds(schema: dict[str, Any]) -> None:
+    """pydantic writes the bounds of a nullable validated integer as "ge"/"le": JSON Schema's names."""
+    for variant in schema.get("anyOf", []):
+        for ours, theirs in (("ge", "minimum"), ("le", "maximum")):
+            if ours in variant:
+                variant[theirs] = variant.pop(ours)
 
 
 class CrossAttention(BaseModel):
@@ -151,9 +160,9 @@ def request_model(limits: Limits, n_layers: int, n_heads: int) -> type[BaseModel
             Field(description=f"a sentence, or a list of at most {limits.max_sentences}, "
                               f"each at most {limits.max_chars} characters"),
         ]
-        beam: Annotated[Whole, Field(ge=1, le=limits.max_beam)] | None = Field(
+        beam: Annotated[Whole, Ge(1), Le(limits.max_beam)] | None = Field(
             None, description="beam size (1 = greedy); default: the model's own (chosen on validation when attnlab "
-                              "trained it, or a Marian model's num_beams)")
+                              "trained it, or a Marian model's num_beams)", json_schema_extra=_json_schema_bounds)
         attention: bool | AttentionRequest = Field(
             False, description=f"cross-attention weights: true for all layers and heads, or a selection (at most "
                                f"{limits.max_attention_sentences} sentences; answers over "
