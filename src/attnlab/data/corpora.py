@@ -4,10 +4,12 @@ Place in the layering: data; imports only from decoding and the parts below it (
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, TextIO
 
 Pair = tuple[str, str]
 
@@ -22,20 +24,27 @@ class ParallelCorpus:
     test: list[Pair] = field(default_factory=list)
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """All lines of a UTF-8 text file (.gz ok), without their line endings; empty lines kept as ""."""
+@contextlib.contextmanager
+def open_text(path: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text file (.gz ok) opened without newline translation; a missing file is FileNotFoundError,
+    bytes that are not UTF-8 or an unreadable file one-line ValueErrors naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} not found")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", newline="") as f:
-            text = f.read()
+            yield f
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
-    return split_lines(text)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 text file (.gz ok), without their line endings; empty lines kept as ""."""
+    with open_text(path) as f:
+        return split_lines(f.read())
 
 
 def split_lines(text: str) -> list[str]:

@@ -6,12 +6,13 @@ Place in the layering: data; imports only from decoding and the parts below it (
 from __future__ import annotations
 
 import csv
-import gzip
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
+
+from attnlab.data.corpora import open_text
 
 Pair = tuple[str, str]
 T = TypeVar("T")
@@ -20,24 +21,15 @@ T = TypeVar("T")
 def stream_lines(path: str | Path, block_chars: int = 1 << 22) -> Iterator[str]:
     """The lines of a UTF-8 text file (.gz ok) one at a time, split at "\\n" only and without "\\r\\n" endings:
     the lines `corpora.read_lines` gives, read a block at a time."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            rest = ""
-            while block := f.read(block_chars):
-                lines = (rest + block).split("\n")
-                rest = lines.pop()
-                for line in lines:
-                    yield line.rstrip("\r")
-            if rest:
-                yield rest.rstrip("\r")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text: {err.reason}") from None
-    except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+    with open_text(path) as f:
+        rest = ""
+        while block := f.read(block_chars):
+            lines = (rest + block).split("\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line.rstrip("\r")
+        if rest:
+            yield rest.rstrip("\r")
 
 
 @dataclass
