@@ -69,3 +69,20 @@ def test_nothing_to_tune_on_leaves_the_run_alone(tuned_run):
     before = (tuned_run / "config.json").read_text()
     assert decode_tuning.tune_decoding(tuned_run, [], []) is None
     assert (tuned_run / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("scores, chosen", [
+    # greedy, beam 4 at 0.6 / 1.0 / 1.5 / 2.0, then beam 8 at the best penalty
+    ([10, 12, 15, 11, 9, 14], (4, 1.0)),   # beam 4 leads; beam 8 at 1.0 is worse
+    ([10, 12, 15, 11, 9, 16], (8, 1.0)),   # beam 8 at the best penalty wins
+    ([20, 12, 15, 11, 9], (1, 0.6)),       # greedy leads: no beam 8 tried
+    ([10, 10, 10, 10, 10], (1, 0.6)),      # all equal: the cheapest, greedy
+])
+def test_the_best_validation_score_is_chosen(tuned_run, monkeypatch, scores, chosen):
+    # scores by call order, so the choice itself is tested whatever the tiny model translates
+    calls = iter(scores)
+    monkeypatch.setattr(decode_tuning, "corpus_scores", lambda hyps, refs: {"bleu": float(next(calls))})
+    decode = decode_tuning.tune_decoding(tuned_run, ["May 1, 2020"] * 3, ["1. Mai 2020"] * 3, sentences=3)
+    assert (decode["beam"], decode["length_penalty"]) == chosen
+    assert decode["valid_bleu"] == max(scores) and len(decode["grid"]) == len(scores)
+    assert json.loads((tuned_run / "config.json").read_text())["decode"] == decode

@@ -1,6 +1,6 @@
 """Decoding settings chosen on the validation set and stored with the model.
 
-At the end of training, the final model decodes the first `decode_tuning_sentences` validation sentences
+At the end of training, the run's model (RUN/model.safetensors: the best or averaged weights) decodes the first `decode_tuning_sentences` validation sentences
 (training setting, default 500, at most `eval_bleu_sentences`; 0 = off) greedily and with beam search over a small grid of length
 penalties (GNMT's alpha), then with a wider beam at the best penalty; the setting with the highest
 validation BLEU (ties: the cheaper one, greedy first) is written into RUN/config.json as
