@@ -25,8 +25,10 @@ from attnlab.run_dir import LoadedRun, load_run
 
 @dataclass
 class DecodeConfig:
-    beam: int | None = None  # None: the model's default (a Marian model's num_beams), else 1 (greedy)
-    length_penalty: float | None = None  # None: the model's default (Marian: 1.0), else GNMT alpha 0.6
+    # None: the model's default (Translator.resolve): a Marian model's generation settings, else the setting
+    # chosen on validation when attnlab trained it (config.json "decode"), else greedy and GNMT alpha 0.6
+    beam: int | None = None
+    length_penalty: float | None = None
     max_len_a: float = 1.5  # max output length = a * source length + b
     max_len_b: int = 10
     max_src_len: int = 256  # longer inputs are truncated (with a warning)
@@ -45,7 +47,7 @@ class DecodeConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise bad(name, f">= {low}")
-        if self.n_best > (self.beam or 1) and self.beam is not None:
+        if self.beam is not None and self.n_best > self.beam:
             raise ValueError(f"--n-best must be between 1 and --beam ({self.beam}), got {self.n_best}")
         for name in ("length_penalty", "max_len_a"):
             value = getattr(self, name)
