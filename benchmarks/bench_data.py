@@ -186,9 +186,9 @@ def raw_to_step(src: Path, tgt: Path, run_dir: Path, step: int) -> dict:
     """`attnlab train --task files` from raw text (preparation included) to the given step, default model."""
     shutil.rmtree(run_dir, ignore_errors=True)
     r = run([sys.executable, "-m", "attnlab", "train", "--task", "files", "--train-src", str(src), "--train-tgt", str(tgt),
-             "--out", str(run_dir), "--max-steps", str(step), *TRAIN_SETS], watch=run_dir / "log.jsonl")
+             "--out", str(run_dir), "--max-steps", str(step), *TRAIN_SETS[:-2]], watch=run_dir / "log.jsonl")
     manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
-    return {"step": step, "max_tokens": MAX_TOKENS, "seconds_to_step": round(r["step_seconds"].get(step, float("nan")), 1),
+    return {"step": step, "max_tokens": "the files default", "seconds_to_step": round(r["step_seconds"].get(step, float("nan")), 1),
             "first_step_s": round(r["step_seconds"].get(1, float("nan")), 1), "peak_rss_mb": r["peak_rss_mb"],
             "prepare_phases_seconds": manifest["seconds"], "preset": "small (the files default)"}
 
@@ -245,6 +245,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_data.json"))
     p.add_argument("--tile", default="", help="SMALL:N: also train on a dataset of N pairs tiled from bin-SMALL "
                                              "(when preparing N pairs takes too long); only this, then exit")
+    p.add_argument("--update", action="store_true", help="keep the other entries of an existing --out")
     p.add_argument("--speed-only", type=int, default=0, help="N: only the memmap vs in-memory speed on bin-N")
     args = p.parse_args()
     if args.speed_only:
@@ -266,9 +267,10 @@ def main() -> None:
         return
     work = Path(args.work)
     de, en = multi30k_sentences(Path(args.data_dir))
-    result: dict = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
-                                "note": "2 cores shared with other jobs while measured; figures are noisy"},
-                    "corpus": "Multi30k train sentences joined 1-3 per pair, shuffled", "sizes": {}}
+    result: dict = {"corpus": "Multi30k train sentences joined 1-3 per pair, shuffled", "sizes": {}}
+    if args.update and Path(args.out).is_file():
+        result = json.loads(Path(args.out).read_text())
+    result["machine"] = _machine()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     for n in sizes:
         src, tgt = generate(work / f"raw-{n}", n, de, en)
@@ -279,7 +281,7 @@ def main() -> None:
         result["sizes"][str(n)] = entry
         _write(args.out, result)
     if sizes:
-        small, big = str(min(sizes)), str(max(sizes))
+        small, big = str(min(map(int, result["sizes"]))), str(max(map(int, result["sizes"])))
         result["train_peak_rss_ratio_largest_over_smallest"] = round(
             result["sizes"][big]["train"]["peak_rss_mb"] / result["sizes"][small]["train"]["peak_rss_mb"], 3)
         result["speed_vs_in_memory"] = speed_vs_in_memory(work / f"bin-{small}", args.speed_steps, args.speed_rounds,
@@ -290,7 +292,17 @@ def main() -> None:
         src, tgt = generate(work / f"raw-{args.raw_pairs}", args.raw_pairs, de, en)
         result["raw_text_to_step_20"] = {"pairs": args.raw_pairs, **raw_to_step(src, tgt, work / "run-raw", 20)}
         print(result["raw_text_to_step_20"], flush=True)
-        _write(args.out, result)
+    result["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
+    _write(args.out, result)
+
+
+def _machine() -> dict:
+    """The CPU, its flags and the load when the run started (a loaded machine's times are not comparable)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from attnlab.bench.common import cpu_flags
+
+    return {"cpu": _cpu(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1min_at_start": os.getloadavg()[0]}
 
 
 def _cpu() -> str:
