@@ -188,3 +188,13 @@ def test_export_onnx_writes_both_graphs(run_dir, tmp_path):
     out = tmp_path / "onnx"
     assert main(["export", "--model", str(run_dir), "--format", "onnx", "--out", str(out)]) == 0
     assert (out / "encoder.onnx").is_file() and (out / "decoder_step.onnx").is_file() and (out / "README.md").is_file()
+
+
+def test_every_command_help_describes_the_command_without_the_developers_layering_note():
+    from attnlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert len(sub.choices) >= 10
+    for name, parser in sub.choices.items():
+        assert parser.description and len(parser.description) > 20, name
+        assert "layering" not in parser.format_help(), name

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, module in _load_commands().items():
         module.add_parser(sub)  # type: ignore[attr-defined]
+    for command in sub.choices.values():  # the modules' docstrings are the descriptions, less the note for developers
+        if command.description and "Place in the layering" in command.description:
+            command.description = command.description[:command.description.index("Place in the layering")].rstrip()
     return parser
 
 
