@@ -195,6 +195,7 @@ def main() -> None:
         args.beam = 1 if mode == "greedy" else int(mode.removeprefix("beam"))
         return child(args)
 
+    args.load_at_start = os.getloadavg()[0]
     build(Path(args.model_dir), Path(args.data))
     convert(Path(args.model_dir), Path(args.ct2_dir))
     systems = args.systems.split(",")
@@ -218,9 +219,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list]]) -> Non
     out: dict[str, Any] = {"what": "opus-mt-de-en-shaped Marian directory (random weights, forced lengths), "
                             f"{args.sentences} Multi30k test2016 German sentences, batches of {BATCH}",
                            "threads": args.threads, "rounds": args.rounds, "cpu": cpu(),
-                           "load_average_1min": os.getloadavg()[0],
-                           "note": "2-core machine shared with other helpers' jobs (load average above): absolute "
-                                   "numbers are slow and noisy, ratios less so",
+                           "load_average_1min_at_start": args.load_at_start,
+                           "load_average_1min_now": os.getloadavg()[0],
                            "results": {}}
     for config, by_system in results.items():
         entry = {}

@@ -235,16 +235,25 @@ def load_marian(path: str | Path) -> Transformer:
 
     inv = torch.argsort(marian_permutation(cfg.d_model))
     model = Transformer(cfg)
-    ours = {k: v.clone() for k, v in model.state_dict().items()}
-    for p in layer_pieces(cfg):
-        t = _permute(_first(state, [p.hf], p.hf, path), p.kind, inv)
-        if p.rows is not None:
-            ours[p.ours][p.rows[0]:p.rows[1]] = t
-        else:
-            ours[p.ours] = t
-    ours["input_embedding.embedding.weight"] = src_emb[:, inv]
-    ours["output_embedding.embedding.weight"] = tgt_emb[:, inv]
-    ours["output_projection.weight"] = head[:, inv]
-    ours["output_projection.bias"] = bias
-    model.load_state_dict(ours, strict=True)
+    # written into the model's own tensors one piece at a time (no second copy of the model), and every
+    # parameter must be written: one left out would keep its random initialisation
+    params = model.state_dict()  # detached views of the parameters and buffers
+    written: set[str] = set()
+    permuted: dict[int, Tensor] = {}  # a tied matrix is permuted once
+    with torch.no_grad():
+        for p in layer_pieces(cfg):
+            t = _permute(_first(state, [p.hf], p.hf, path), p.kind, inv)
+            (params[p.ours][p.rows[0]:p.rows[1]] if p.rows is not None else params[p.ours]).copy_(t)
+            written.add(p.ours)
+        for name, matrix in (("input_embedding.embedding.weight", src_emb), ("output_embedding.embedding.weight", tgt_emb),
+                             ("output_projection.weight", head)):
+            if id(matrix) not in permuted:
+                permuted[id(matrix)] = matrix[:, inv]
+            params[name].copy_(permuted[id(matrix)])
+        params["output_projection.bias"].copy_(bias)
+        written.update(("input_embedding.embedding.weight", "output_embedding.embedding.weight",
+                        "output_projection.weight", "output_projection.bias"))
+    missing = sorted(set(dict(model.named_parameters(remove_duplicate=False))) - written)
+    if missing:
+        raise MarianExportError(f"{path}: attnlab parameters not read from the weights: {', '.join(missing[:3])}")
     return model.eval()
