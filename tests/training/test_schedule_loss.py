@@ -94,3 +94,53 @@ def test_projected_loss_rejects_mismatched_shapes():
 
     with pytest.raises(ValueError, match="expected hidden"):
         projected_label_smoothed_nll(torch.randn(4, 8), torch.randn(10, 6), torch.zeros(4, dtype=torch.long), 0)
+
+
+def test_budget_schedule_warms_up_then_decays_to_zero_at_the_budget():
+    from attnlab.training.schedule import budget_lr
+
+    d, warmup, scale = 256, 10, 2.0
+    peak = peak_lr(d, warmup, scale)
+    assert budget_lr(5, 0.0, d, warmup, scale) == pytest.approx(peak / 2)  # linear warm-up
+    assert budget_lr(10, 0.0, d, warmup, scale) == pytest.approx(peak)
+    assert budget_lr(40, 0.25, d, warmup, scale) == pytest.approx(0.75 * peak)  # then linear in the budget used
+    assert budget_lr(5, 0.5, d, warmup, scale) == pytest.approx(peak / 4)  # both at once
+    assert budget_lr(80, 1.0, d, warmup, scale) == 0.0 and budget_lr(90, 1.3, d, warmup, scale) == 0.0
+
+
+def test_budget_schedule_in_the_trainer_follows_the_steps_used_and_resumes(tmp_path):
+    """With a step budget, the trainer's learning rate is budget_lr(step + 1, step / max_steps); a run resumed
+    from its middle checkpoint goes on with the learning rates and losses of the run that was not interrupted."""
+    import json
+    import shutil
+
+    from attnlab.cli import main
+    from attnlab.run_dir import load_run
+    from attnlab.training.schedule import budget_lr
+
+    args = ["train", "--task", "copy", "--n-train", "200", "--max-steps", "12", "--no-progress", "--preset", "test",
+            "--vocab-size", "60", "--set", "lr_schedule=budget", "--set", "eval_every=6", "--set",
+            "eval_bleu_sentences=0", "--set", "log_every=1", "--set", "keep_last=0", "--set", "max_tokens=200",
+            "--set", "threads=1", "--set", "warmup_steps=4", "--set", "lr_scale=3.0", "--set", "decode_tuning_sentences=0"]
+    full = tmp_path / "full"
+    assert main([*args, "--out", str(full)]) == 0
+    events = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    lrs = {e["step"]: e["lr"] for e in events if e["event"] == "train"}
+    d_model = load_run(full).model.cfg.d_model
+    for step, lr in lrs.items():  # the rate for the step after `step`, with `step` of 12 steps used
+        assert lr == pytest.approx(budget_lr(step + 1, step / 12, d_model, 4, 3.0)), step
+    assert lrs[12] == 0.0 and max(lrs.values()) > 0.0
+
+    # resume from the checkpoint at step 6: the schedule continues where it was
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for ckpt in (part / "checkpoints").iterdir():
+        if ckpt.name.endswith("12"):
+            shutil.rmtree(ckpt)
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+    events = [json.loads(line) for line in (part / "log.jsonl").read_text().splitlines()]
+    after = events[max(i for i, e in enumerate(events) if e["event"] == "resume"):]
+    resumed = {e["step"]: (e["lr"], e["loss"]) for e in after if e["event"] == "train"}
+    assert sorted(resumed) == list(range(7, 13))
+    full_events = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert resumed == {e["step"]: (e["lr"], e["loss"]) for e in full_events if e["event"] == "train" and e["step"] > 6}

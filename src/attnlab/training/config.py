@@ -16,6 +16,7 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation: batches per optimizer step
     lr_scale: float = 1.0  # multiplies the paper's schedule d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
     warmup_steps: int = 4000
+    lr_schedule: str = "inverse_sqrt"  # the paper's; "budget": decay to 0 at the budget's end; "auto" (training/schedule.py)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-9
@@ -42,6 +43,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
+        if self.lr_schedule not in ("inverse_sqrt", "budget", "auto"):
+            raise ValueError(f"lr_schedule must be inverse_sqrt, budget or auto, got {self.lr_schedule!r}")
+        if self.lr_schedule == "budget" and not (self.max_steps or self.max_minutes or self.max_epochs):
+            raise ValueError("lr_schedule budget decays to zero at the budget's end: give max_steps, max_minutes "
+                             "or max_epochs")
         for name, low, high in _RANGES:  # "(0" = above 0; high is exclusive
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int if name in _INTS else (int, float)):
@@ -53,6 +59,11 @@ class TrainConfig:
             if not ok:
                 need = ("> 0" if above else f">= {low}") + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"training setting {name} must be {need}, got {value!r}")
+
+    def budget_schedule(self) -> bool:
+        """Whether the learning rate decays to zero at the end of the budget (training/schedule.py)."""
+        has_budget = bool(self.max_steps or self.max_minutes or self.max_epochs)
+        return self.lr_schedule == "budget" or (self.lr_schedule == "auto" and has_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

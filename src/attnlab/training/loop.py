@@ -36,7 +36,7 @@ from attnlab.training.config import TrainConfig
 from attnlab.training.distributed import agree, gather_rng_states, is_main_process, on_rank0
 from attnlab.training.loss import label_smoothed_nll, projected_label_smoothed_nll
 from attnlab.training.memory import keep_freed_memory
-from attnlab.training.schedule import inverse_sqrt_schedule
+from attnlab.training.schedule import BudgetSchedule, inverse_sqrt_schedule
 from attnlab.training.validation import (  # noqa: F401 (ValidationSet: part of this module's API)
     ValidationSet, append_log, repair_log, score_of, source_length, validation_scores)
 
@@ -114,7 +114,10 @@ class Trainer:
             unwrap(model).parameters(), lr=1.0, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay, **_fused_if_supported(self.device),
         )
-        self.scheduler = inverse_sqrt_schedule(self.optimizer, d_model, cfg.warmup_steps, cfg.lr_scale)
+        self.time_used = 0.0  # the time budget's used fraction at the last check (rank 0's, on every process)
+        self.scheduler: Any = (BudgetSchedule(self.optimizer, self.budget_used, d_model, cfg.warmup_steps,
+                                              cfg.lr_scale) if cfg.budget_schedule()
+                               else inverse_sqrt_schedule(self.optimizer, d_model, cfg.warmup_steps, cfg.lr_scale))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         if hasattr(train, "example_lengths"):  # a binarized dataset (data/binarized.py): numpy lengths, memmapped ids
             src_len, tgt_len = train.example_lengths()
@@ -303,21 +306,30 @@ class Trainer:
         return bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _out_of_budget(self) -> bool:
+    def budget_used(self, steps: int | None = None) -> float:
+        """The used fraction of the budget (the largest over steps, epochs and minutes) after `steps` optimizer
+        steps (default: those taken); what the budget schedule decays by."""
         cfg = self.cfg
-        if cfg.max_steps and self.step >= cfg.max_steps:
-            return True
-        if cfg.max_epochs and self.epoch >= cfg.max_epochs:
-            return True
-        if cfg.max_minutes and self.elapsed_seconds() >= cfg.max_minutes * 60:
-            stop = True
-        else:
-            stop = False
-        if self.world > 1:  # every rank must agree, or collectives hang
-            flag = torch.tensor([int(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+        steps = self.step if steps is None else steps
+        fractions = [self.time_used]
+        if cfg.max_steps:
+            fractions.append(steps / cfg.max_steps)
+        if cfg.max_epochs:
+            fractions.append((self.epoch + self.batch_in_epoch / max(len(self.sampler), 1)) / cfg.max_epochs)
+        return max(fractions)
+
+    def _out_of_budget(self) -> bool:
+        """Whether a budget is spent. The time used is rank 0's, so that every rank stops, and schedules its
+        learning rate, alike."""
+        cfg = self.cfg
+        if cfg.max_minutes:
+            used = self.elapsed_seconds() / (cfg.max_minutes * 60)
+            if self.world > 1:  # every rank must agree, or collectives hang
+                flag = torch.tensor([used], dtype=torch.float64, device=self.device)
+                dist.broadcast(flag, 0)
+                used = float(flag.item())
+            self.time_used = used
+        return self.budget_used() >= 1.0
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
