@@ -54,6 +54,10 @@ class TransformerConfig:
     bias: bool = True
     output_bias: bool = False  # a bias on the output projection (Marian's final_logits_bias)
     pad_id: int = 0
+    # Marian's decoder start: the target embedding row of this token (attnlab's <s>) is held at zero, so the
+    # decoder's first input is the position encoding alone; CTranslate2 converts such a model exactly (its
+    # Marian loader always starts from a zero embedding). None = a learned <s> embedding (models before it).
+    zero_start_id: int | None = None
     arch: str = field(default="transformer", repr=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class TransformerConfig:
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary")
+        if self.zero_start_id is not None and not 0 <= self.zero_start_id < self.tgt_vocab_size:
+            raise ValueError(f"zero_start_id {self.zero_start_id} is outside the target vocabulary")
 
     @property
     def encoder_layers(self) -> int:

@@ -20,8 +20,10 @@ PAD, BOS, EOS = 0, 1, 2
 CONFIGS = [
     ("shared-tied", dict(share_embeddings=True, tie_output=True)),
     ("separate-vocab", dict(tgt_vocab_size=29, tie_output=True)),
-    # also the ONNX tests' model: unequal depths (1 encoder, 2 decoder layers) and vocabularies
-    ("gelu-untied", dict(activation="gelu", tie_output=False, tgt_vocab_size=29, n_layers=1, n_decoder_layers=2)),
+    # also the ONNX tests' model: unequal depths (1 encoder, 2 decoder layers) and vocabularies; Marian's
+    # zero start embedding (TransformerConfig.zero_start_id: how attnlab trains now) with an untied projection
+    ("gelu-untied", dict(activation="gelu", tie_output=False, tgt_vocab_size=29, n_layers=1, n_decoder_layers=2,
+                         zero_start_id=BOS)),
     ("shared-untied-noscale", dict(share_embeddings=True, tie_output=False, scale_embedding=False)),
 ]
 # what Marian cannot express, ONNX can: pre-norm (with final LayerNorms), learned positions, no biases

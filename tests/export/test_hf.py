@@ -12,7 +12,7 @@ transformers = require_module("transformers")
 
 from attnlab.decoding import greedy  # noqa: E402
 from attnlab.export import MarianExportError, export_marian, load_marian, read_marian_special_ids  # noqa: E402
-from attnlab.export.hf import marian_permutation  # noqa: E402
+from attnlab.export.hf import MASKED_LOGIT, PAD_ROW_KEY, marian_permutation  # noqa: E402
 from attnlab.layers.embedding import sinusoidal_table  # noqa: E402
 
 from export_helpers import BOS, CONFIGS, EOS, PAD, make_batch, make_model, trained_model  # noqa: E402
@@ -49,9 +49,14 @@ def test_logits_match_marian(exported):
     with torch.no_grad():
         ours = model(src, tgt)
         theirs = hf(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt).logits
-    assert theirs.shape == ours.shape
-    diff = (ours - theirs).abs().max().item()
+    vocab = model.cfg.tgt_vocab_size
+    assert theirs.shape == (*ours.shape[:2], vocab + 1)  # + Marian's <pad> row, for CTranslate2
+    assert theirs[..., vocab].eq(MASKED_LOGIT).all()  # zero embedding, bias MASKED_LOGIT: probability 0
+    diff = (ours - theirs[..., :vocab]).abs().max().item()
     assert diff < 1e-5, f"max |logit difference| {diff:.2e}"
+    # so the log-probabilities (what beam search adds up) are attnlab's too
+    diff = (ours.log_softmax(-1) - theirs.log_softmax(-1)[..., :vocab]).abs().max().item()
+    assert diff < 1e-5, f"max |log-probability difference| {diff:.2e}"
 
 
 def test_generate_equals_attnlab_greedy(exported):
@@ -73,6 +78,7 @@ def test_round_trip_is_exact(exported):
     assert loaded.cfg.share_embeddings == model.cfg.share_embeddings
     assert loaded.cfg.tie_output == model.cfg.tie_output
     assert loaded.cfg.decoder_layers == model.cfg.decoder_layers
+    assert loaded.cfg.zero_start_id == model.cfg.zero_start_id  # read back from the zero <s> row
     if model.cfg.share_embeddings:
         assert loaded.input_embedding is loaded.output_embedding
     if model.cfg.tie_output:
@@ -90,7 +96,10 @@ def test_config_and_model_card(exported):
     assert config["decoder_start_token_id"] == BOS and config["eos_token_id"] == eos
     assert config["share_encoder_decoder_embeddings"] == cfg.share_embeddings
     assert config["tie_word_embeddings"] == cfg.tie_output
-    assert (config["vocab_size"], config["decoder_vocab_size"]) == (cfg.src_vocab_size, cfg.tgt_vocab_size)
+    assert (config["vocab_size"], config["decoder_vocab_size"]) == (cfg.src_vocab_size + 1, cfg.tgt_vocab_size + 1)
+    assert config[PAD_ROW_KEY] is True
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["bad_words_ids"] == [[cfg.tgt_vocab_size]]
     assert config["activation_function"] == cfg.activation
     assert config["scale_embedding"] == cfg.scale_embedding
     card = (out / "README.md").read_text()
@@ -137,5 +146,5 @@ def test_model_without_biases_exports_zero_biases(tmp_path):
     assert hf.model.encoder.layers[0].fc1.bias.abs().max() == 0
     with torch.no_grad():
         theirs = hf(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt).logits
-        diff = (model(src, tgt) - theirs).abs().max()
+        diff = (model(src, tgt) - theirs[..., :-1]).abs().max()
     assert diff < 1e-5

@@ -207,3 +207,29 @@ def test_config_round_trips_through_dict():
     assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown TransformerConfig fields"):
         TransformerConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_zero_start_embedding_is_marians_start_and_stays_zero_through_training():
+    """zero_start_id (Marian's decoder start, what CTranslate2 computes): <s> embeds to the zero vector, so
+    the first decoder input is the position encoding alone; Adam with weight decay leaves the row at
+    exactly zero although the tied output projection and the shared source embedding use it too."""
+    bos = 1
+    torch.manual_seed(0)
+    model = Transformer(small_config(share_embeddings=True, src_vocab_size=11, tgt_vocab_size=11, zero_start_id=bos))
+    assert torch.equal(model.embed_tgt(torch.tensor([[bos]])), model.tgt_positions(torch.zeros(1, 1, 32)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        src, tgt = torch.randint(2, 11, (4, 5)), torch.randint(2, 11, (4, 6))
+        tgt[:, 0] = bos
+        loss = nn.functional.cross_entropy(model(src, tgt[:, :-1]).flatten(0, 1), tgt[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    weight = model.output_embedding.weight
+    assert weight[bos].abs().max() == 0 and weight[2].abs().min() > 0  # the others learn
+    # a config saved before the option (no key) keeps the learned <s>
+    old = {k: v for k, v in model.cfg.to_dict().items() if k != "zero_start_id"}
+    assert TransformerConfig.from_dict(old).zero_start_id is None
+    assert Transformer(TransformerConfig.from_dict(old)).output_embedding.weight[bos].abs().max() > 0
+    with pytest.raises(ValueError, match="zero_start_id 50 is outside"):
+        small_config(zero_start_id=50)

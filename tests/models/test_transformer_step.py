@@ -49,6 +49,7 @@ real_applies = transformer_step.applies
 @pytest.mark.parametrize("variant", [
     {}, {"norm_first": True}, {"activation": "gelu"}, {"bias": False}, {"positional": "learned"},
     {"share_embeddings": True, "tgt_vocab_size": 40}, {"n_heads": 8, "d_model": 24, "d_ff": 40},
+    {"zero_start_id": BOS},  # Marian's start (the <s> row held at zero): only weights differ, the step is one
 ])
 def test_lean_step_gives_the_logits_of_the_modules_path(variant, monkeypatch):
     model, src = model_and_sources(**variant)

@@ -2,7 +2,9 @@
 
   --format hf    a Hugging Face MarianMTModel directory (config.json, model.safetensors, tokenizer):
                  transformers' MarianMTModel.from_pretrained loads it and generate() gives the same
-                 translations; `attnlab translate --model DIR` loads it too.
+                 translations; `attnlab translate --model DIR` loads it too; so does CTranslate2's
+                 ct2-transformers-converter, with the same tokens for a model whose <s> embedding is
+                 zero (every model attnlab trains now; the export says so in one line).
   --format onnx  encoder.onnx + decoder_step.onnx (with cache inputs) for onnxruntime.
 A model card (README.md: data, training time, BLEU, command) is written with every export.
 
@@ -75,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
     card = model_card(Path(args.model), loaded.meta)
     if args.format == "hf":
         from attnlab.export import export_marian
+        from attnlab.export.hf import ctranslate2_note, special_ids
 
         export_marian(loaded.model, args.out, tokenizer=loaded.tokenizers, model_card=card)
+        note = ctranslate2_note(loaded.model, loaded.tokenizers, special_ids(loaded.tokenizers, None, None)[0])
+        print(note or f"CTranslate2: ct2-transformers-converter --model {args.out} --output_dir {args.out}-ct2 "
+                      "gives attnlab's tokens")
         if loaded.meta.get("generation"):  # a published Marian model: keep how transformers decodes it
             import shutil
 

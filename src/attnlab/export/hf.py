@@ -23,6 +23,15 @@ positions, so the weights map one to one, with two differences handled here:
 Refused with a clear error (Marian has no equivalent): pre-norm models, learned or no positions,
 a LayerNorm epsilon other than 1e-5. Models without biases are exported with zero biases.
 
+CTranslate2 (`ct2-transformers-converter`) reads a Marian directory with Marian's conventions: the
+last vocabulary row is <pad>, which it drops from the embeddings and the output layer, and the decoder
+starts from a zero embedding. attnlab's <pad> is id 0, so the export appends one row after the last
+token (config.json: attnlab_marian_pad_row): zero embedding, logit bias MASKED_LOGIT so that its
+probability is exactly 0 in transformers (attnlab's softmax has no such entry), banned in
+generation_config.json; `load_marian` removes it again. A model whose <s> embedding row is zero
+(TransformerConfig.zero_start_id, every Transformer attnlab trains now) then gives attnlab's tokens in
+CTranslate2; for one with a learned <s>, `ctranslate2_note` says why it would not.
+
 Place in the layering: applications; imports only from training and the parts below it (tests/test_layering.py).
 """
 from __future__ import annotations
@@ -42,6 +51,9 @@ MARIAN_LAYER_NORM_EPS = 1e-5  # Marian's nn.LayerNorm(d_model): the default epsi
 # attnlab's tokenizers fix <pad>=0, <s>=1, </s>=2, <unk>=3 (attnlab.data.tokenizer)
 DEFAULT_BOS_ID, DEFAULT_EOS_ID = 1, 2
 _POSITION_KEYS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
+# the logit bias of the added <pad> row: exp(MASKED_LOGIT - max) is exactly 0 in float32 (and float16 holds it)
+MASKED_LOGIT = -1e4
+PAD_ROW_KEY = "attnlab_marian_pad_row"  # config.json: the last vocabulary row was added by this export
 
 
 class MarianExportError(ValueError):
@@ -138,8 +150,19 @@ def check_marian_compatible(cfg: TransformerConfig) -> None:
             f"cannot export layer_norm_eps={cfg.layer_norm_eps} to Marian: its LayerNorms use eps=1e-5")
 
 
+def adds_pad_row(cfg: TransformerConfig) -> bool:
+    """Whether the export appends a <pad> row: unless <pad> is the last id already (a Marian model read in)."""
+    return not cfg.pad_id == cfg.src_vocab_size - 1 == cfg.tgt_vocab_size - 1
+
+
+def _with_pad_row(t: Tensor, value: float = 0.0) -> Tensor:
+    """t (V, ...) -> (V + 1, ...), the new last row filled with `value`."""
+    return torch.cat([t, torch.full_like(t[:1], value)])
+
+
 def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
-    """attnlab weights under Marian's names, hidden dimension permuted (float32, positions left out)."""
+    """attnlab weights under Marian's names, hidden dimension permuted (float32, positions left out),
+    with the <pad> row appended when `adds_pad_row`."""
     cfg = model.cfg
     check_marian_compatible(cfg)
     perm = marian_permutation(cfg.d_model)
@@ -154,24 +177,26 @@ def marian_state_dict(model: Transformer) -> dict[str, Tensor]:
         if p.rows is not None:
             t = t[p.rows[0]:p.rows[1]]
         out[p.hf] = _permute(t, p.kind, perm).contiguous()
-    src_emb = ours["input_embedding.embedding.weight"][:, perm].contiguous()
-    tgt_emb = ours["output_embedding.embedding.weight"][:, perm].contiguous()
+    add = _with_pad_row if adds_pad_row(cfg) else (lambda t, value=0.0: t)
+    src_emb = add(ours["input_embedding.embedding.weight"][:, perm]).contiguous()
+    tgt_emb = src_emb if cfg.share_embeddings else add(ours["output_embedding.embedding.weight"][:, perm]).contiguous()
     out["model.encoder.embed_tokens.weight"] = src_emb
     out["model.decoder.embed_tokens.weight"] = tgt_emb
     if cfg.share_embeddings:
         out["model.shared.weight"] = src_emb
-    out["lm_head.weight"] = ours["output_projection.weight"][:, perm].contiguous()
+    out["lm_head.weight"] = tgt_emb if cfg.tie_output else add(ours["output_projection.weight"][:, perm]).contiguous()
     bias = ours.get("output_projection.bias")  # Marian's final_logits_bias (a model loaded from opus-mt)
-    out["final_logits_bias"] = torch.zeros(1, cfg.tgt_vocab_size) if bias is None else bias[None].clone()
+    out["final_logits_bias"] = add(torch.zeros(cfg.tgt_vocab_size) if bias is None else bias, MASKED_LOGIT)[None]
     return out
 
 
 def marian_config_dict(cfg: TransformerConfig, bos_id: int, eos_id: int) -> dict[str, Any]:
     """MarianConfig keyword arguments for an attnlab config."""
     check_marian_compatible(cfg)
+    extra = int(adds_pad_row(cfg))
     return dict(
-        vocab_size=cfg.src_vocab_size,
-        decoder_vocab_size=cfg.tgt_vocab_size,
+        vocab_size=cfg.src_vocab_size + extra,
+        decoder_vocab_size=cfg.tgt_vocab_size + extra,
         share_encoder_decoder_embeddings=cfg.share_embeddings,
         tie_word_embeddings=cfg.tie_output,
         d_model=cfg.d_model,
@@ -193,6 +218,7 @@ def marian_config_dict(cfg: TransformerConfig, bos_id: int, eos_id: int) -> dict
         decoder_start_token_id=bos_id,  # attnlab starts every target with <s>, Marian's hub models with <pad>
         forced_eos_token_id=eos_id,
         is_encoder_decoder=True,
+        **({PAD_ROW_KEY: True} if extra else {}),
     )
 
 
@@ -264,9 +290,12 @@ def export_marian(
     gen = hf.generation_config
     gen.decoder_start_token_id, gen.bos_token_id, gen.eos_token_id = bos_id, bos_id, eos_id
     gen.pad_token_id, gen.forced_eos_token_id, gen.max_length = cfg.pad_id, eos_id, cfg.max_len
+    if adds_pad_row(cfg):  # never generated (its probability is 0 already: MASKED_LOGIT)
+        gen.bad_words_ids = [[cfg.tgt_vocab_size]]
     hf.save_pretrained(out_dir)
 
     tokenizer_files = save_tokenizer(tokenizer, out_dir, cfg.max_len) if tokenizer is not None else []
+    ct2 = ctranslate2_note(model, tokenizer, bos_id)
     write_model_card(
         out_dir, cfg, "hf", {"pad": cfg.pad_id, "bos / decoder_start": bos_id, "eos": eos_id},
         _usage(out_dir, bos_id, eos_id, tokenizer_files), model_card,
@@ -279,6 +308,25 @@ def export_marian(
             "attnlab's own decoder does not (pass forced_eos_token_id=None to match it exactly).",
             f"Marian's position table has max_position_embeddings={cfg.max_len} rows: longer sources or "
             "outputs fail in transformers (attnlab's sinusoids extend without limit).",
-        ],
+        ] + ([f"The last vocabulary row (id {cfg.tgt_vocab_size}) is Marian's <pad> slot, added for CTranslate2: "
+              "zero embedding, logit bias -1e4, never generated; it is not a token of the tokenizer."]
+             if adds_pad_row(cfg) else [])
+        + [ct2 or f"CTranslate2 gives attnlab's tokens: `ct2-transformers-converter --model {out_dir.name} "
+                  f"--output_dir {out_dir.name}-ct2`, then `ctranslate2.Translator` on source tokens ending with "
+                  "</s> (the <s> embedding is zero, so its zero start embedding is attnlab's start)."],
     )
     return out_dir
+
+
+def ctranslate2_note(model: Transformer, tokenizer: Any, bos_id: int) -> str | None:
+    """None when CTranslate2's converter (ct2-transformers-converter) turns the export into a model that
+    gives attnlab's tokens; else one line saying why it would not."""
+    if model.output_embedding.weight[bos_id].any():
+        return ("CTranslate2's converter would not give attnlab's tokens: this model starts decoding from a "
+                f"learned <s> embedding (id {bos_id}), CTranslate2's Marian loader from a zero vector (models "
+                "trained since attnlab holds <s> at zero, TransformerConfig.zero_start_id, convert exactly).")
+    if tokenizer is None or not getattr(tokenizer, "joint", True):
+        return ("CTranslate2's converter cannot read this export: it needs one tokenizer.json for source and "
+                "target (a joint vocabulary); " + ("none was exported." if tokenizer is None
+                                                    else "this model has separate vocabularies."))
+    return None

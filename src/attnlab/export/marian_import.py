@@ -36,6 +36,7 @@ from torch import Tensor
 from attnlab.config import TransformerConfig
 from attnlab.export.hf import (
     MARIAN_LAYER_NORM_EPS,
+    PAD_ROW_KEY,
     MarianExportError,
     _permute,
     layer_pieces,
@@ -59,6 +60,8 @@ GENERATION_FIXED = (("do_sample", False), ("num_beam_groups", 1), ("no_repeat_ng
                     ("min_length", 0), ("min_new_tokens", None), ("num_return_sequences", 1),
                     ("exponential_decay_length_penalty", None), ("suppress_tokens", None),
                     ("begin_suppress_tokens", None), ("forced_bos_token_id", None))
+_VOCAB_WEIGHTS = ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                  "lm_head.weight")
 _IGNORED_WEIGHTS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight",
                     "final_logits_bias")
 
@@ -136,10 +139,11 @@ def config_from_marian(config: dict[str, Any]) -> TransformerConfig:
             raise MarianExportError(f"config.json: {key}={config[key]!r} ({meaning}) is not supported; attnlab "
                                     f"computes {key}={value!r}")
     vocab = int(config["vocab_size"])
+    added = int(bool(config.get(PAD_ROW_KEY)))  # the <pad> row attnlab's export appended (attnlab.export.hf)
     enc_layers, dec_layers = int(config["encoder_layers"]), int(config["decoder_layers"])
     return TransformerConfig(
-        src_vocab_size=vocab,
-        tgt_vocab_size=int(config.get("decoder_vocab_size") or vocab),
+        src_vocab_size=vocab - added,
+        tgt_vocab_size=int(config.get("decoder_vocab_size") or vocab) - added,
         d_model=int(config["d_model"]),
         n_heads=int(same("encoder_attention_heads", "decoder_attention_heads")),
         n_layers=enc_layers,
@@ -213,8 +217,12 @@ def load_marian(path: str | Path) -> Transformer:
     """An attnlab Transformer (eval mode) computing what MarianMTModel.from_pretrained(path) computes.
     Needs safetensors (or torch) only, not transformers."""
     path = Path(path)
-    cfg = config_from_marian(read_config(path))
+    config = read_config(path)
+    cfg = config_from_marian(config)
     state = {k: v.float() for k, v in read_weights(path).items()}
+    if config.get(PAD_ROW_KEY):  # drop the appended <pad> row (never a token: attnlab.export.hf)
+        state = {k: v[..., :-1] if k == "final_logits_bias" else v[:-1] if k in _VOCAB_WEIGHTS else v
+                 for k, v in state.items()}
     src_emb = _first(state, ["model.encoder.embed_tokens.weight", "model.shared.weight"], "source embeddings", path)
     tgt_names = ["model.decoder.embed_tokens.weight"] + (["model.shared.weight"] if cfg.share_embeddings else [])
     tgt_emb = src_emb if cfg.share_embeddings else _first(state, tgt_names, "target embeddings", path)
@@ -223,11 +231,12 @@ def load_marian(path: str | Path) -> Transformer:
         raise MarianExportError(f"{path}: no lm_head.weight and tie_word_embeddings is false")
     if cfg.tie_output and not torch.equal(head, tgt_emb):
         cfg = dataclasses.replace(cfg, tie_output=False)
+    start = config.get("decoder_start_token_id")
+    if start is not None and 0 <= int(start) < cfg.tgt_vocab_size and not tgt_emb[int(start)].any():
+        cfg = dataclasses.replace(cfg, zero_start_id=int(start))  # a zero start embedding stays zero if trained on
     bias = state.get("final_logits_bias", torch.zeros(1, cfg.tgt_vocab_size)).reshape(-1)
 
-    known = {p.hf for p in layer_pieces(cfg)} | set(_IGNORED_WEIGHTS) | {
-        "model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
-        "lm_head.weight"}
+    known = {p.hf for p in layer_pieces(cfg)} | set(_IGNORED_WEIGHTS) | set(_VOCAB_WEIGHTS)
     unknown = sorted(set(state) - known)
     if unknown:
         raise MarianExportError(f"{path}: weights attnlab does not compute: {', '.join(unknown[:3])}"

@@ -35,6 +35,27 @@ class TokenEmbedding(nn.Module):
         return self.embedding(tokens) * self.scale
 
 
+class _ZeroRowGradient:
+    """A gradient hook: the gradient of one row set to zero (a class, not a lambda, so a model pickles)."""
+
+    def __init__(self, row: int):
+        self.row = row
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad[self.row] = 0
+        return grad
+
+
+def hold_row_at_zero(weight: nn.Parameter, row: int) -> None:
+    """Set `weight[row]` to zero and keep it there through training: its gradient is zeroed (a hook on the
+    parameter, so every use counts, e.g. a tied output projection), so Adam's moments stay zero and the
+    update is exactly zero; weight decay (L2 or decoupled) of a zero row is zero too."""
+    with torch.no_grad():
+        weight[row].zero_()
+    weight.register_hook(_ZeroRowGradient(row))
+
+
 def sinusoidal_table(length: int, d_model: int, offset: int = 0) -> Tensor:
     """The paper's table: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from attnlab.config import TransformerConfig
 from attnlab.layers.attention import MultiHeadAttention
 from attnlab.layers.dropout import Dropout
-from attnlab.layers.embedding import TokenEmbedding, positional_encoding
+from attnlab.layers.embedding import TokenEmbedding, hold_row_at_zero, positional_encoding
 from attnlab.layers.feed_forward import PositionwiseFeedForward
 from attnlab.layers.kv_cache import KVCache
 from attnlab.layers.onednn import fast_decoding, linear, new_epoch
@@ -230,6 +230,8 @@ class Transformer(nn.Module):
             self.output_projection.weight = self.output_embedding.weight
         else:
             nn.init.normal_(self.output_projection.weight, std=cfg.d_model**-0.5)
+        if cfg.zero_start_id is not None:  # Marian's decoder start: the first input is the position encoding alone
+            hold_row_at_zero(self.output_embedding.weight, cfg.zero_start_id)
 
     # ---- the paper's two halves -------------------------------------------------------------
     def embed_src(self, src: Tensor) -> Tensor:

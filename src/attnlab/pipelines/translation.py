@@ -79,7 +79,8 @@ def make_translate_fn(tokenizers: Any, device: torch.device):
 
 
 def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt: int, pad_id: int,
-                        task_model: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+                        task_model: dict[str, Any], args: argparse.Namespace,
+                        bos_id: int | None = None) -> dict[str, Any]:
     fam = family(arch)
     values: dict[str, Any] = {}
     if arch == "transformer":
@@ -87,6 +88,8 @@ def model_config_values(arch: str, preset: str | None, vocab_src: int, vocab_tgt
             if preset not in TRANSFORMER_PRESETS:
                 raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(TRANSFORMER_PRESETS)}")
             values.update(TRANSFORMER_PRESETS[preset])
+        if bos_id is not None:  # a new model starts decoding as Marian does, so CTranslate2 converts it exactly
+            values["zero_start_id"] = bos_id  # (TransformerConfig.zero_start_id; --set zero_start_id=none: learned)
         values.update(task_model)
     else:
         if getattr(args, "attention", None):
@@ -222,7 +225,7 @@ def _train_translator(args: argparse.Namespace, device: torch.device, meta: dict
         model_values = model_config_values(arch, preset,
                                            tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
                                            tokenizers.tgt.pad_id, d.get("model", {}) if arch == "transformer" else {},
-                                           args)
+                                           args, bos_id=tokenizers.tgt.bos_id)
     fields = {f.name for f in dataclasses.fields(family(arch).config_cls)}
     train_cfg = apply_overrides(train_cfg, model_values, overrides, fields)
     torch.manual_seed(train_cfg.seed)  # the same initial weights for the same seed (and on every rank)

@@ -94,6 +94,8 @@ def coerce(value: str, current: Any) -> Any:
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     if isinstance(current, int) and not isinstance(current, bool):
+        if value.lower() == "none":  # an optional id switched off (e.g. model.zero_start_id)
+            return None
         try:
             return int(value)
         except ValueError:
