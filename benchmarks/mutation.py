@@ -326,7 +326,7 @@ def run_file(work: Path, name: str, source: str, total: int, mutants: list[dict]
                 # the fastest few first, alone: most mutants die there, and collecting few test modules is quick
                 for chunk in (tests[:FIRST_CHUNK], tests[FIRST_CHUNK:]):
                     if chunk:
-                        result = run_tests(work, chunk, 20.0 + 3 * sum(durations.get(t, 1.0) for t in chunk))
+                        result = run_tests(work, chunk, 90.0 + 5 * sum(durations.get(t, 1.0) for t in chunk))
                         if result != "survived":
                             break
             finally:
