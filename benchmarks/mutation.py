@@ -23,6 +23,7 @@ import copy
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -30,24 +31,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import mutation_coverage
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
+# equivalent mutants, each with its reason, matched by (mutation, code of the line) and the column when given
+REVIEWS = REPO / "benchmarks" / "mutation_reviews.json"
 
-# file -> the tests that target it (pytest arguments: paths, -k expressions)
-_DECODING = ["tests/decoding/test_decoding.py", "-k", "not overfits", "tests/export/test_generate_parity.py"]
-TARGETS: dict[str, list[str]] = {
-    "src/attnlab/layers/masks.py": ["tests/layers/test_attention.py", "tests/models/test_transformer.py",
-                                    "tests/models/test_parity_nn_transformer.py"],
-    "src/attnlab/layers/attention.py": ["tests/layers/test_attention.py", "tests/layers/test_attention_by_hand.py",
-                                        "tests/layers/test_rnn_attention.py", "tests/layers/test_packed_attention.py",
-                                        "tests/models/test_parity_nn_transformer.py"],
-    "src/attnlab/layers/embedding.py": ["tests/layers/test_embedding.py", "tests/models/test_parity_nn_transformer.py"],
-    "src/attnlab/layers/residual.py": ["tests/models/test_transformer.py", "tests/models/test_parity_nn_transformer.py"],
-    "src/attnlab/decoding/beam.py": _DECODING,
-    "src/attnlab/decoding/greedy.py": _DECODING,
-    "src/attnlab/training/loss.py": ["tests/training/test_loss_reference.py", "tests/training/test_schedule_loss.py",
-                                     "-k", "loss"],
-}
+# The mutated files: every file of layers/, decoding/, models/ and the loss.
+TARGETS = sorted(str(p.relative_to(REPO)) for pattern in ("layers/*.py", "decoding/*.py", "models/*.py",
+                                                          "training/loss.py")
+                 for p in (REPO / "src" / "attnlab").glob(pattern))
+# The test modules whose per-test line coverage selects the tests of each mutant (those that execute its line).
+TEST_MODULES = sorted(str(p.relative_to(REPO)) for pattern in ("tests/layers/test_*.py", "tests/models/test_*.py",
+                                                               "tests/decoding/test_*.py")
+                      for p in REPO.glob(pattern)) + [
+    "tests/training/test_loss_reference.py", "tests/training/test_schedule_loss.py",
+    "tests/export/test_generate_parity.py", "tests/export/test_hf.py", "tests/export/test_onnx.py"]
+
+FIRST_CHUNK = 6  # tests run in a first, small pytest session per mutant
 
 SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult,
               ast.Pow: ast.Mult, ast.Mod: ast.FloorDiv, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd,
@@ -88,10 +90,30 @@ def _skipped_ids(tree: ast.AST) -> set[int]:
     return skip
 
 
-def mutations(source: str) -> list[tuple[int, str, str, str]]:
-    """Every mutant of `source`: (line, description, original code of the line, mutated module source)."""
+def _scopes(tree: ast.AST) -> dict[int, tuple[ast.AST, bool]]:
+    """id(node) -> (its innermost enclosing function, whether the node is in the def line: defaults, decorators)."""
+    out: dict[int, tuple[ast.AST, bool]] = {}
+
+    def visit(node, scope, header):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                in_header = child is not None and child not in node.body
+                out[id(child)] = (node, in_header)
+                visit(child, node, in_header)
+            else:
+                out[id(child)] = (scope, header)
+                visit(child, scope, header)
+    visit(tree, None, False)
+    return out
+
+
+def mutations(source: str) -> list[dict]:
+    """Every mutant of `source`: line, end_line, col, mutation, code (the original line), mutated (module source),
+    and the lines whose tests it needs when its own lines run in no test: the body of its function when it
+    sits in a def line (a default value runs at import), the whole file when it is outside any function."""
     tree = ast.parse(source)
     skip = _skipped_ids(tree)
+    scopes = _scopes(tree)
     lines = source.splitlines()
     found = []
     for index, node in enumerate(ast.walk(tree)):
@@ -107,8 +129,39 @@ def mutations(source: str) -> list[tuple[int, str, str, str]]:
             except (SyntaxError, ValueError):
                 continue
             line = getattr(node, "lineno", 0)
-            found.append((line, description, lines[line - 1].strip() if line else "", mutated))
+            scope, header = scopes.get(id(node), (None, False))
+            if scope is None:
+                fallback = (1, len(lines))
+            elif header:
+                fallback = (scope.body[0].lineno, scope.end_lineno)
+            else:
+                fallback = None
+            found.append({"line": line, "end_line": getattr(node, "end_lineno", line) or line,
+                          "col": getattr(node, "col_offset", 0), "mutation": description,
+                          "code": lines[line - 1].strip() if line else "", "mutated": mutated,
+                          "fallback": fallback})
     return found
+
+
+def select_tests(mutant: dict, lines: dict[int, dict[str, set]], durations: dict[str, float],
+                 failed: set[str]) -> list[str]:
+    """The tests that execute the mutant's lines (or its fallback lines), fastest first. A line run while a
+    test's fixtures were set up selects every test of that module (a module fixture serves them all)."""
+    def covering(first, last):
+        found: dict[str, set] = {}
+        for n in range(first, last + 1):
+            for nodeid, phases in lines.get(n, {}).items():
+                found.setdefault(nodeid, set()).update(phases)
+        return found
+    found = covering(mutant["line"], mutant["end_line"])
+    if not found and mutant["fallback"]:
+        found = covering(*mutant["fallback"])
+    tests = set(found)
+    for nodeid, phases in found.items():
+        if phases - {"call"}:
+            module = nodeid.split("::")[0]
+            tests.update(t for t in durations if t.split("::")[0] == module)
+    return sorted(tests - failed, key=lambda t: (durations.get(t, 0.0), t))
 
 
 def _changes(node: ast.AST):
@@ -142,11 +195,14 @@ def _changes(node: ast.AST):
         yield f"{value!r} -> {new!r}", lambda n, new=new: setattr(n, "value", new)
 
 
-def run_tests(workdir: Path, tests: list[str], timeout: float) -> str:
-    """'killed' (the tests fail), 'survived' (they pass) or 'timeout' (counted as killed), in a forked child."""
+def run_tests(workdir: Path, tests: list[str], cpu_seconds: float) -> str:
+    """'killed' (the tests fail), 'survived' (they pass) or 'timeout' (counted as killed), in a forked child.
+    The limit is on the child's CPU time, not the wall clock: on shared cores a starved child is not a kill."""
     pid = os.fork()
     if pid == 0:  # the child: run pytest in-process on the mutated copy, then leave without cleanup
         try:
+            limit = int(cpu_seconds) + 1
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 5))  # SIGXCPU past the limit
             os.chdir(workdir)
             sys.path.insert(0, str(workdir / "src"))
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -158,13 +214,14 @@ def run_tests(workdir: Path, tests: list[str], timeout: float) -> str:
         except BaseException:  # noqa: BLE001 - an import error of the mutant is a kill
             code = 1
         os._exit(int(code))
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 20 * cpu_seconds + 600  # a child that sleeps forever
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            code = os.waitstatus_to_exitcode(status)
-            return "survived" if code == 0 else "killed"
-        time.sleep(0.05)
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+                return "timeout"
+            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return "timeout"
@@ -182,85 +239,146 @@ def copy_repo(dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--files", nargs="*", default=list(TARGETS), help="source files (keys of TARGETS)")
+    ap.add_argument("--files", nargs="*", default=TARGETS, help="source files (of TARGETS)")
     ap.add_argument("--max-mutants", type=int, default=0, help="per file, spread over it (0: all)")
+    ap.add_argument("--lines", default="", help="only mutants on these lines, e.g. 20-40,77")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds per file; the rest is left untested")
     ap.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    for name in args.files:
+        if name not in TARGETS:
+            raise SystemExit(f"{name} is not a mutated file: one of {', '.join(TARGETS)}")
+    wanted = {n for part in filter(None, args.lines.split(",")) for n in range(
+        int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
 
     import pytest  # noqa: F401 - once, before forking: the children only import attnlab (mutated) and the tests
     import torch
 
     try:
-        import transformers  # noqa: F401 - the decoding targets compare with generate()
+        import transformers  # noqa: F401 - the decoding tests compare with generate()
     except ImportError:
         pass
     torch.set_num_threads(1)
+    os.environ.setdefault("ATTNLAB_DATA_DIR", str(REPO.parent / "shared" / "data"))
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("files", {})
+    reviews = json.loads(REVIEWS.read_text()) if REVIEWS.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="attnlab-mutation-") as tmp:
         work = Path(tmp)
         copy_repo(work)
+        cov = None
         for name in args.files:
-            if name not in TARGETS:
-                raise SystemExit(f"no targeted tests for {name}; add it to TARGETS")
             source = (REPO / name).read_text()
             mutants = mutations(source)
             total = len(mutants)
             # a low-discrepancy order (golden ratio): any prefix, cut by --max-mutants or --time-budget, is
             # spread evenly over the file
             mutants = [mutants[i] for i in sorted(range(total), key=lambda i: (i * 0.6180339887) % 1.0)]
+            if wanted:
+                mutants = [m for m in mutants if m["line"] in wanted]
             if args.max_mutants:
                 mutants = mutants[:args.max_mutants]
             if args.list:
-                for line, what, code, _ in mutants:
-                    print(f"{name}:{line}: {what}   | {code}")
+                for m in mutants:
+                    print(f"{name}:{m['line']}: {m['mutation']}   | {m['code']}")
                 continue
-            tests = TARGETS[name]
-            start = time.monotonic()
-            baseline = run_tests(work, tests, timeout=1800)
-            base_seconds = time.monotonic() - start
-            if baseline != "survived":
-                raise SystemExit(f"the tests of {name} fail without any mutant: {tests}")
-            timeout = max(30.0, 3 * base_seconds)
-            outcome = {"killed": 0, "timeout": 0, "survived": 0}
-            survivors = []
-            tested = 0
-            started = time.monotonic()
-            for line, what, code, mutated in mutants:
-                if args.time_budget and time.monotonic() - started > args.time_budget:
-                    break
-                (work / name).write_text(mutated)
-                try:
-                    result = run_tests(work, tests, timeout)
-                finally:
-                    (work / name).write_text(source)
-                outcome[result] += 1
-                tested += 1
-                if result == "survived":
-                    survivors.append({"line": line, "mutation": what, "code": code})
-                print(f"{name}:{line} {what:<24} {result:<8} | {code}", flush=True)
-                # after every mutant, so that a run stopped early leaves what it measured
-                killed = outcome["killed"] + outcome["timeout"]
-                results["files"][name] = {
-                    "mutants_in_file": total, "mutants_tested": tested, "killed": killed,
-                    "killed_by_timeout": outcome["timeout"], "survived": outcome["survived"],
-                    "score": round(killed / tested, 4), "tests": tests,
-                    "seconds": round(time.monotonic() - started, 1), "survivors": survivors}
-                write(args.out, results, torch.__version__)
-            print(f"== {name}: {outcome} ({total} mutants in the file)", flush=True)
+            if cov is None:
+                cov = mutation_coverage.collect(work, TEST_MODULES, TARGETS)
+                failed = set(cov["failed"])
+                if failed:
+                    print(f"failing without any mutant (left out): {sorted(failed)}", flush=True)
+            run_file(work, name, source, total, mutants, cov, failed, reviews.get(name, []), results, args.out,
+                     args.time_budget, torch.__version__, partial=bool(wanted or args.max_mutants))
     return 0
+
+
+def _review(mutant: dict, reviews: list[dict]) -> str | None:
+    for r in reviews:
+        if r["mutation"] == mutant["mutation"] and r["code"] == mutant["code"] and r.get("col", mutant["col"]) == \
+                mutant["col"]:
+            return r["review"]
+    return None
+
+
+def run_file(work: Path, name: str, source: str, total: int, mutants: list[dict], cov: dict, failed: set[str],
+             reviews: list[dict], results: dict, out: Path, time_budget: float, torch_version: str,
+             partial: bool) -> None:
+    """Runs each mutant of one file against the tests that execute its lines; records it in results."""
+    lines, durations = cov["lines"][name], cov["durations"]
+    previous = results["files"].get(name, {})
+    # a partial rerun (--lines, --max-mutants) replaces the mutants it tested and keeps the others
+    kept = previous.get("mutants", []) if partial else []
+    tested_now = {(m["line"], m["col"], m["mutation"]) for m in mutants}
+    kept = [m for m in kept if (m["line"], m["col"], m["mutation"]) not in tested_now]
+    records: list[dict] = []
+    started = time.monotonic()
+    for m in mutants:
+        if time_budget and time.monotonic() - started > time_budget:
+            break
+        tests = select_tests(m, lines, durations, failed)
+        t0 = time.monotonic()
+        if not tests:
+            result = "not covered"
+        else:
+            (work / name).write_text(m["mutated"])
+            try:
+                # the fastest few first, alone: most mutants die there, and collecting few test modules is quick
+                for chunk in (tests[:FIRST_CHUNK], tests[FIRST_CHUNK:]):
+                    if chunk:
+                        result = run_tests(work, chunk, 90.0 + 5 * sum(durations.get(t, 1.0) for t in chunk))
+                        if result != "survived":
+                            break
+            finally:
+                (work / name).write_text(source)
+        record = {"line": m["line"], "col": m["col"], "mutation": m["mutation"], "code": m["code"],
+                  "result": result, "tests_run": len(tests), "seconds": round(time.monotonic() - t0, 1)}
+        if result in ("survived", "not covered"):
+            review = _review(m, reviews)
+            if review:
+                record["equivalent"] = review
+        records.append(record)
+        print(f"{name}:{m['line']} {m['mutation']:<24} {result:<11} {len(tests):>3} tests "
+              f"{record['seconds']:>5} s | {m['code']}", flush=True)
+        summarise(results, name, total, kept + records, time.monotonic() - started)
+        write(out, results, torch_version)
+    print(f"== {name}: {results['files'][name]['score']} ({total} mutants in the file)", flush=True)
+
+
+def summarise(results: dict, name: str, total: int, records: list[dict], seconds: float) -> None:
+    count = {k: sum(r["result"] == k for r in records) for k in ("killed", "timeout", "survived", "not covered")}
+    killed = count["killed"] + count["timeout"]
+    equivalent = sum("equivalent" in r for r in records)
+    records = sorted(records, key=lambda r: (r["line"], r["col"], r["mutation"]))
+    results["files"][name] = {
+        "mutants_in_file": total, "mutants_tested": len(records), "killed": killed,
+        "killed_by_timeout": count["timeout"], "survived": count["survived"], "not_covered": count["not covered"],
+        "equivalent": equivalent, "score": round(killed / len(records), 4),
+        "score_excluding_equivalent": round(killed / max(1, len(records) - equivalent), 4),
+        "seconds": round(seconds, 1),
+        "survivors": [r for r in records if r["result"] in ("survived", "not covered")],
+        "mutants": records}
 
 
 def write(out: Path, results: dict, torch_version: str) -> None:
     """The summary over every file so far, written atomically."""
-    files = results["files"].values()
-    tested, killed = sum(f["mutants_tested"] for f in files), sum(f["killed"] for f in files)
+    files = results["files"]
+    tested, killed = sum(f["mutants_tested"] for f in files.values()), sum(f["killed"] for f in files.values())
+    equivalent = sum(f["equivalent"] for f in files.values())
+    results.pop("score_after_review", None)
     results.update({
         "tool": "benchmarks/mutation.py (AST mutator: arithmetic, comparison and boolean operators, numbers, "
-                "True/False, swapped maths functions (tril/triu, sin/cos, max/min, sum/mean, softmax/log_softmax...), dropped not/~/unary minus; docstrings, annotations and error messages untouched)",
+                "True/False, swapped maths functions (tril/triu, sin/cos, max/min, sum/mean, softmax/log_softmax...), "
+                "dropped not/~/unary minus; docstrings, annotations and error messages untouched). Each mutant runs "
+                "only the tests that execute its lines (per-test line coverage, benchmarks/mutation_coverage.py); "
+                "a mutant on lines no test executes is a survivor ('not covered').",
         "score": round(killed / tested, 4) if tested else None, "mutants_tested": tested, "killed": killed,
+        "equivalent": equivalent,
+        "score_excluding_equivalent": round(killed / max(1, tested - equivalent), 4) if tested else None,
+        "equivalent_note": f"equivalent mutants (same behaviour, reasons in {REVIEWS.relative_to(REPO)}) are "
+                           "listed with their reason in each file's survivors",
+        "coverage": {"files_run": {n: f"{f['mutants_tested']} of {f['mutants_in_file']}" for n, f in files.items()},
+                     "files_not_run": [n for n in TARGETS if n not in files]},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch_version,
                     "note": "2 cores shared with other jobs while it ran"},

@@ -217,6 +217,18 @@ def test_min_len_hand_worked():
     assert [h.log_prob for h in hyps] == pytest.approx([math.log(0.05625), math.log(0.0225)], abs=1e-6)
 
 
+def test_greedy_hand_worked_eos_first_banned_ids_and_forced_eos():
+    """On HAND_TABLE: EOS (0.4) is the best first token, so greedy stops at once (min_len 0 by default).
+    Banning EOS: a (0.35), then a (0.06) every step. Banning "a" with min_len 1: b (0.25), then EOS (0.6).
+    force_eos with min_len beyond max_len = 3: a a, then the last step is EOS."""
+    src = torch.zeros(1, 1, dtype=torch.long)
+    model = TableModel(HAND_TABLE)
+    assert greedy(model, src, max_len=5, bos_id=BOS, eos_id=EOS).tolist() == [[EOS]]
+    assert greedy(model, src, max_len=5, bos_id=BOS, eos_id=EOS, banned=[EOS]).tolist() == [[3, 3, 3, 3, 3]]
+    assert greedy(model, src, max_len=5, bos_id=BOS, eos_id=EOS, banned=[3], min_len=1).tolist() == [[4, EOS]]
+    assert greedy(model, src, max_len=3, bos_id=BOS, eos_id=EOS, min_len=9, force_eos=True).tolist() == [[3, 3, EOS]]
+
+
 def test_max_len_reached_beam_keeps_the_unfinished_hypotheses_hand_worked():
     """No EOS within max_len = 2: the K best hypotheses at the last step are returned without EOS.
     K = 2, alpha = 1: step 1 a 0.7, b 0.3; step 2: a a 0.49, a b 0.21, b a 0.18, b b 0.12; the top K are kept:

@@ -115,3 +115,20 @@ def test_bf16_autocast_in_eval_mode(need_weights):
 def test_d_model_not_divisible_by_heads_is_a_clear_error():
     with pytest.raises(ValueError, match="divisible by n_heads"):
         MultiHeadAttention(30, 4)
+
+
+def test_default_is_no_dropout_with_biases_and_cross_attention_from_projected_memory():
+    """MultiHeadAttention(d, h): no attention dropout (training = evaluation), biases on the projections; cross-
+    attention from `memory` equals attention from its precomputed keys/values (project_kv)."""
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(8, 2)
+    assert attention.in_proj.bias is not None and attention.out_proj.bias is not None
+    randomize(attention)
+    x, memory = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    keep = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])[:, None, None, :]
+    trained, _ = attention.train()(x, memory, mask=keep, need_weights=True)
+    evaluated, weights = attention.eval()(x, memory, mask=keep, need_weights=True)
+    torch.testing.assert_close(trained, evaluated)
+    precomputed, _ = attention(x, mask=keep, memory_kv=attention.project_kv(memory))
+    torch.testing.assert_close(precomputed, evaluated, atol=1e-6, rtol=1e-6)
+    assert float(weights[1, :, :, 2:].detach().abs().sum()) == 0.0
