@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+SCHEDULES = ("inverse_sqrt", "budget", "auto")  # learning-rate schedules (training/schedule.py)
+
 
 @dataclass
 class TrainConfig:
@@ -43,9 +45,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
-        if self.lr_schedule not in ("inverse_sqrt", "budget", "auto"):
+        if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be inverse_sqrt, budget or auto, got {self.lr_schedule!r}")
-        if self.lr_schedule == "budget" and not (self.max_steps or self.max_minutes or self.max_epochs):
+        if self.lr_schedule == "budget" and not self.has_budget:
             raise ValueError("lr_schedule budget decays to zero at the budget's end: give max_steps, max_minutes "
                              "or max_epochs")
         for name, low, high in _RANGES:  # "(0" = above 0; high is exclusive
@@ -60,10 +62,13 @@ class TrainConfig:
                 need = ("> 0" if above else f">= {low}") + (f" and < {high}" if high is not None else "")
                 raise ValueError(f"training setting {name} must be {need}, got {value!r}")
 
+    @property
+    def has_budget(self) -> bool:
+        return bool(self.max_steps or self.max_minutes or self.max_epochs)
+
     def budget_schedule(self) -> bool:
         """Whether the learning rate decays to zero at the end of the budget (training/schedule.py)."""
-        has_budget = bool(self.max_steps or self.max_minutes or self.max_epochs)
-        return self.lr_schedule == "budget" or (self.lr_schedule == "auto" and has_budget)
+        return self.lr_schedule == "budget" or (self.lr_schedule == "auto" and self.has_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

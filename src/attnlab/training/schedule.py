@@ -43,9 +43,6 @@ def inverse_sqrt_schedule(
     )
 
 
-SCHEDULES = ("inverse_sqrt", "budget", "auto")
-
-
 def budget_lr(step: int, progress: float, d_model: int, warmup_steps: int, scale: float = 1.0) -> float:
     step = max(step, 1)
     return peak_lr(d_model, warmup_steps, scale) * min(step / warmup_steps, 1.0) * max(1.0 - progress, 0.0)
