@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import mutation_coverage
+import mutation_inplace
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
@@ -242,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", nargs="*", default=TARGETS, help="source files (of TARGETS)")
     ap.add_argument("--max-mutants", type=int, default=0, help="per file, spread over it (0: all)")
     ap.add_argument("--lines", default="", help="only mutants on these lines, e.g. 20-40,77")
-    ap.add_argument("--time-budget", type=float, default=0, help="seconds per file; the rest is left untested")
+    ap.add_argument("--time-budget", type=float, default=0, help="seconds for the whole run; the rest is left "
+                                                                  "untested")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (one CPU thread each)")
     ap.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -251,8 +254,27 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{name} is not a mutated file: one of {', '.join(TARGETS)}")
     wanted = {n for part in filter(None, args.lines.split(",")) for n in range(
         int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
+    chosen: dict[str, tuple[str, int, list[dict]]] = {}
+    for name in args.files:
+        source = (REPO / name).read_text()
+        mutants = mutations(source)
+        total = len(mutants)
+        # a low-discrepancy order (golden ratio): any prefix, cut by --max-mutants or --time-budget, is
+        # spread evenly over the file
+        mutants = [mutants[i] for i in sorted(range(total), key=lambda i: (i * 0.6180339887) % 1.0)]
+        if wanted:
+            mutants = [m for m in mutants if m["line"] in wanted]
+        if args.max_mutants:
+            mutants = mutants[:args.max_mutants]
+        if args.list:
+            for m in mutants:
+                print(f"{name}:{m['line']}: {m['mutation']}   | {m['code']}")
+            continue
+        chosen[name] = (source, total, mutants)
+    if args.list:
+        return 0
 
-    import pytest  # noqa: F401 - once, before forking: the children only import attnlab (mutated) and the tests
+    import pytest  # noqa: F401 - once, before forking: the workers import attnlab (the copy) and the tests
     import torch
 
     try:
@@ -264,33 +286,149 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("files", {})
     reviews = json.loads(REVIEWS.read_text()) if REVIEWS.is_file() else {}
+    partial = bool(wanted or args.max_mutants)
     with tempfile.TemporaryDirectory(prefix="attnlab-mutation-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) / "repo"
+        work.mkdir()
         copy_repo(work)
-        cov = None
-        for name in args.files:
-            source = (REPO / name).read_text()
-            mutants = mutations(source)
-            total = len(mutants)
-            # a low-discrepancy order (golden ratio): any prefix, cut by --max-mutants or --time-budget, is
-            # spread evenly over the file
-            mutants = [mutants[i] for i in sorted(range(total), key=lambda i: (i * 0.6180339887) % 1.0)]
-            if wanted:
-                mutants = [m for m in mutants if m["line"] in wanted]
-            if args.max_mutants:
-                mutants = mutants[:args.max_mutants]
-            if args.list:
-                for m in mutants:
-                    print(f"{name}:{m['line']}: {m['mutation']}   | {m['code']}")
-                continue
-            if cov is None:
-                cov = mutation_coverage.collect(work, TEST_MODULES, TARGETS)
-                failed = set(cov["failed"])
-                if failed:
-                    print(f"failing without any mutant (left out): {sorted(failed)}", flush=True)
-            run_file(work, name, source, total, mutants, cov, failed, reviews.get(name, []), results, args.out,
-                     args.time_budget, torch.__version__, partial=bool(wanted or args.max_mutants))
+        cov = mutation_coverage.collect(work, TEST_MODULES, TARGETS)
+        failed = set(cov["failed"])
+        if failed:
+            print(f"failing without any mutant (left out): {sorted(failed)}", flush=True)
+        run_all(work, Path(tmp), chosen, cov, failed, reviews, results, args, torch.__version__, partial)
     return 0
+
+
+def costs(cov: dict) -> dict[str, float]:
+    """A test's time when it runs alone: its own (set-up and call) plus its module's most expensive fixture
+    set-up (a module fixture's cost is recorded on whichever test needed it first)."""
+    module_setup: dict[str, float] = {}
+    for nodeid, seconds in cov.get("setups", {}).items():
+        module = nodeid.split("::")[0]
+        module_setup[module] = max(module_setup.get(module, 0.0), seconds)
+    return {t: d + module_setup.get(t.split("::")[0], 0.0) for t, d in cov["durations"].items()}
+
+
+def _module_name(name: str) -> str:
+    return name.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
+def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], reviews: dict, results: dict,
+            args, torch_version: str, partial: bool) -> None:
+    """Runs every chosen mutant in `args.jobs` workers (mutation_inplace: patched into the live module) and
+    records the results per file as they come; a mutant the workers cannot patch in runs the slow way after."""
+    durations = costs(cov)
+    jobs, where, sanity = [], [], {}
+    records: dict[str, list[dict]] = {}
+    for name, (source, total, mutants) in chosen.items():
+        records[name] = []
+        previous = results["files"].get(name, {})
+        tested_now = {(m["line"], m["col"], m["mutation"]) for m in mutants}
+        # a partial rerun (--lines, --max-mutants) replaces the mutants it tested and keeps the others
+        kept = [m for m in previous.get("mutants", []) if (m["line"], m["col"], m["mutation"]) not in tested_now] \
+            if partial else []
+        records[name] = kept
+        everything = sorted({t for ls in cov["lines"][name].values() for t in ls} - failed,
+                            key=lambda t: durations.get(t, 0.0))
+        if everything:
+            sanity[name] = everything[:FIRST_CHUNK]
+        for m in mutants:
+            tests = select_tests(m, cov["lines"][name], durations, failed)
+            if not tests:
+                _record(records[name], m, "not covered", 0, 0.0, reviews.get(name, []))
+                continue
+            jobs.append({"module": _module_name(name), "mutated": m["mutated"], "tests": tests,
+                         "durations": {t: durations.get(t, 1.0) for t in tests}})
+            where.append((name, m))
+    jobs_dir = tmp / "jobs"
+    jobs_dir.mkdir()
+    (jobs_dir / "jobs.json").write_text(json.dumps({"mutants": jobs, "sanity": sanity, "durations": durations}))
+    deadline = time.time() + args.time_budget if args.time_budget else float("inf")
+    outs, pids = [], []
+    print(f"{len(jobs)} mutants to run in {args.jobs} workers", flush=True)
+    for k in range(max(1, args.jobs)):
+        out = jobs_dir / f"results-{k}.jsonl"
+        out.touch()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                mutation_inplace.worker(work, TEST_MODULES, jobs_dir, out, FIRST_CHUNK, deadline)
+            finally:
+                os._exit(0)
+        outs.append(out)
+        pids.append(pid)
+    started = time.monotonic()
+    seen: dict[Path, int] = {o: 0 for o in outs}
+    unpatched = []
+
+    def collect_new() -> None:
+        for out in outs:
+            lines = out.read_text().splitlines()
+            complete = lines if out.read_text().endswith("\n") else lines[:-1]
+            for line in complete[seen[out]:]:
+                r = json.loads(line)
+                if "sanity" in r:
+                    for pid in pids:
+                        try:
+                            os.kill(pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                    raise SystemExit(f"sanity check failed: the unmutated {r['sanity']} gave {r['result']} in a "
+                                     f"worker; no mutant result can be trusted\n{r.get('detail', '')}")
+                name, m = where[r["index"]]
+                if r["result"] == "unpatched":
+                    unpatched.append(r["index"])
+                    continue
+                _record(records[name], m, r["result"], r["tests_run"], r["seconds"], reviews.get(name, []))
+            seen[out] = len(complete)
+        for name, (source, total, mutants) in chosen.items():
+            if records[name]:
+                summarise(results, name, total, records[name], time.monotonic() - started)
+        write(args.out, results, torch_version)
+
+    alive = set(pids)
+    while alive:
+        time.sleep(2)
+        for pid in list(alive):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                alive.discard(pid)
+        collect_new()
+    collect_new()
+    for index in unpatched:  # the slow way: a fresh pytest session on a copy with the mutated file
+        name, m = where[index]
+        source = chosen[name][0]
+        tests = jobs[index]["tests"]
+        t0 = time.monotonic()
+        (work / name).write_text(m["mutated"])
+        try:
+            for chunk in (tests[:FIRST_CHUNK], tests[FIRST_CHUNK:]):
+                if chunk:
+                    result = run_tests(work, chunk, 90.0 + 5 * sum(durations.get(t, 1.0) for t in chunk))
+                    if result != "survived":
+                        break
+        finally:
+            (work / name).write_text(source)
+        _record(records[name], m, result, len(tests), time.monotonic() - t0, reviews.get(name, []), slow=True)
+        summarise(results, name, chosen[name][1], records[name], time.monotonic() - started)
+        write(args.out, results, torch_version)
+    for name in chosen:
+        if name in results["files"]:
+            print(f"== {name}: {results['files'][name]['score']} ({chosen[name][1]} mutants in the file)", flush=True)
+
+
+def _record(records: list[dict], m: dict, result: str, tests_run: int, seconds: float, reviews: list[dict],
+            slow: bool = False) -> None:
+    record = {"line": m["line"], "col": m["col"], "mutation": m["mutation"], "code": m["code"],
+              "result": result, "tests_run": tests_run, "seconds": round(seconds, 1)}
+    if slow:
+        record["run"] = "fresh pytest session (could not be patched in place)"
+    if result in ("survived", "not covered"):
+        review = _review(m, reviews)
+        if review:
+            record["equivalent"] = review
+    records.append(record)
+    print(f"{m['line']:>4} {m['mutation']:<24} {result:<11} {tests_run:>3} tests {record['seconds']:>5} s | "
+          f"{m['code']}", flush=True)
 
 
 def _review(mutant: dict, reviews: list[dict]) -> str | None:
@@ -299,50 +437,6 @@ def _review(mutant: dict, reviews: list[dict]) -> str | None:
                 mutant["col"]:
             return r["review"]
     return None
-
-
-def run_file(work: Path, name: str, source: str, total: int, mutants: list[dict], cov: dict, failed: set[str],
-             reviews: list[dict], results: dict, out: Path, time_budget: float, torch_version: str,
-             partial: bool) -> None:
-    """Runs each mutant of one file against the tests that execute its lines; records it in results."""
-    lines, durations = cov["lines"][name], cov["durations"]
-    previous = results["files"].get(name, {})
-    # a partial rerun (--lines, --max-mutants) replaces the mutants it tested and keeps the others
-    kept = previous.get("mutants", []) if partial else []
-    tested_now = {(m["line"], m["col"], m["mutation"]) for m in mutants}
-    kept = [m for m in kept if (m["line"], m["col"], m["mutation"]) not in tested_now]
-    records: list[dict] = []
-    started = time.monotonic()
-    for m in mutants:
-        if time_budget and time.monotonic() - started > time_budget:
-            break
-        tests = select_tests(m, lines, durations, failed)
-        t0 = time.monotonic()
-        if not tests:
-            result = "not covered"
-        else:
-            (work / name).write_text(m["mutated"])
-            try:
-                # the fastest few first, alone: most mutants die there, and collecting few test modules is quick
-                for chunk in (tests[:FIRST_CHUNK], tests[FIRST_CHUNK:]):
-                    if chunk:
-                        result = run_tests(work, chunk, 90.0 + 5 * sum(durations.get(t, 1.0) for t in chunk))
-                        if result != "survived":
-                            break
-            finally:
-                (work / name).write_text(source)
-        record = {"line": m["line"], "col": m["col"], "mutation": m["mutation"], "code": m["code"],
-                  "result": result, "tests_run": len(tests), "seconds": round(time.monotonic() - t0, 1)}
-        if result in ("survived", "not covered"):
-            review = _review(m, reviews)
-            if review:
-                record["equivalent"] = review
-        records.append(record)
-        print(f"{name}:{m['line']} {m['mutation']:<24} {result:<11} {len(tests):>3} tests "
-              f"{record['seconds']:>5} s | {m['code']}", flush=True)
-        summarise(results, name, total, kept + records, time.monotonic() - started)
-        write(out, results, torch_version)
-    print(f"== {name}: {results['files'][name]['score']} ({total} mutants in the file)", flush=True)
 
 
 def summarise(results: dict, name: str, total: int, records: list[dict], seconds: float) -> None:

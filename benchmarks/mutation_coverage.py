@@ -17,11 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+FORMAT = 2  # 2: fixture set-up times recorded per test ("setups")
 CACHE = Path(os.environ.get("ATTNLAB_MUTATION_CACHE", Path.home() / ".cache" / "attnlab-mutation"))
 
 
 def _key(work: Path, module: str, sources_hash: str) -> str:
-    h = hashlib.sha256(sources_hash.encode())
+    h = hashlib.sha256(f"{FORMAT} {sources_hash}".encode())
     h.update(module.encode())
     h.update((work / module).read_bytes())
     for conftest in sorted((work / "tests").rglob("conftest.py")):
@@ -44,6 +45,7 @@ def _trace_module(work: Path, module: str, files: list[str], out: Path) -> None:
     targets = {str((work / f).resolve()): f for f in files}
     lines: dict[str, dict[int, set]] = {f: {} for f in files}
     durations: dict[str, float] = {}
+    setups: dict[str, float] = {}
     failed: set[str] = set()
     current: list = [None, None]  # node id, phase
 
@@ -83,6 +85,7 @@ def _trace_module(work: Path, module: str, files: list[str], out: Path) -> None:
                 failed.add(report.nodeid)
             if report.when == "setup":  # fixtures count in a test's time: they run again when it runs alone
                 durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration
+                setups[report.nodeid] = report.duration
 
     os.chdir(work)
     sys.path.insert(0, str(work / "src"))
@@ -91,15 +94,16 @@ def _trace_module(work: Path, module: str, files: list[str], out: Path) -> None:
     pytest.main(["-q", "-p", "no:cacheprovider", "-m", "not slow", module], plugins=[Recorder()])
     sys.settrace(None)
     data = {"lines": {f: {str(n): sorted(map(list, s)) for n, s in ls.items()} for f, ls in lines.items()},
-            "durations": durations, "failed": sorted(failed)}
+            "durations": durations, "setups": setups, "failed": sorted(failed)}
     out.write_text(json.dumps(data))
 
 
 def collect(work: Path, modules: list[str], files: list[str], log=print) -> dict:
-    """{"lines": {file: {line: {nodeid: phase-set}}}, "durations": {nodeid: s}, "failed": [...]} over modules."""
+    """{"lines": {file: {line: {nodeid: phase-set}}}, "durations": {nodeid: s}, "setups": {nodeid: s},
+    "failed": [...]} over modules."""
     CACHE.mkdir(parents=True, exist_ok=True)
     digest = sources_digest(work)
-    merged: dict = {"lines": {f: {} for f in files}, "durations": {}, "failed": []}
+    merged: dict = {"lines": {f: {} for f in files}, "durations": {}, "setups": {}, "failed": []}
     for module in modules:
         cached = CACHE / f"{_key(work, module, digest + ' '.join(files))}.json"
         if not cached.is_file():
@@ -126,5 +130,6 @@ def collect(work: Path, modules: list[str], files: list[str], log=print) -> dict
                 for nodeid, phase in entries:
                     slot.setdefault(nodeid, set()).add(phase)
         merged["durations"].update(data["durations"])
+        merged["setups"].update(data["setups"])
         merged["failed"] += data["failed"]
     return merged

@@ -45,3 +45,84 @@ def test_tests_are_picked_by_the_lines_they_execute_fastest_first():
     assert mutation.select_tests(mutants[5, "2.0 -> 4.0"], lines, durations, {"t.py::a"}) == ["u.py::d", "u.py::c",
                                                                                                "t.py::b"]
     assert mutation.select_tests(mutants[7, "Gt -> GtE"], {}, durations, set()) == []  # not covered
+
+
+PATCHED = '''from dataclasses import dataclass
+import functools
+LIMIT = 4
+
+
+@dataclass
+class Cfg:
+    size: int = 3
+
+
+class Base:
+    def f(self):
+        return 1
+
+
+class A(Base):
+    SCALE = 2.0
+
+    def f(self, k=1):
+        return super().f() + k * self.SCALE
+
+    @property
+    def p(self):
+        return LIMIT + 1
+
+    @staticmethod
+    def s(x):
+        return x - 1
+
+
+def deco(fn):
+    @functools.wraps(fn)
+    def w(*a):
+        return fn(*a)
+    return w
+
+
+@deco
+def g(x, y=2):
+    return x * y
+'''
+
+
+def test_every_mutant_is_patched_into_the_live_module(tmp_path, monkeypatch):
+    """mutation_inplace.apply: objects made before the patch (an instance, a decorated function, a name another
+    module imported) see each mutant: method bodies (with super()), properties, static methods, decorated
+    functions, default values, dataclass defaults, class and module constants."""
+    import importlib
+
+    import mutation_inplace
+
+    (tmp_path / "mpkg").mkdir()
+    (tmp_path / "mpkg" / "__init__.py").write_text("")
+    (tmp_path / "mpkg" / "m.py").write_text(PATCHED)
+    (tmp_path / "mpkg" / "user.py").write_text("from mpkg.m import LIMIT, g\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def observe():
+        m, user = importlib.import_module("mpkg.m"), importlib.import_module("mpkg.user")
+        a = m.A()
+        return lambda: (a.f(), a.p, a.s(5), user.g(3), m.Cfg().size, user.LIMIT, m.A.SCALE)
+
+    changes = {}
+    for mutant in mutation.mutations(PATCHED):
+        for name in [n for n in sys.modules if n.startswith("mpkg")]:
+            del sys.modules[name]
+        seen = observe()
+        before = seen()
+        mutation_inplace.apply("mpkg.m", mutant["mutated"])
+        after = seen()
+        changes[mutant["line"], mutant["mutation"]] = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
+    for name in [n for n in sys.modules if n.startswith("mpkg")]:
+        del sys.modules[name]
+    assert before == (3.0, 5, 4, 6, 3, 4, 2.0)
+    assert all(changes.values()), {k: v for k, v in changes.items() if not v}  # every mutant shows
+    assert changes[3, "4 -> 5"] == [1, 5]  # the module constant, and where it was imported by name
+    assert changes[8, "3 -> 4"] == [4]  # a dataclass default
+    assert changes[17, "2.0 -> 4.0"] == [0, 6]  # a class constant
+    assert changes[39, "2 -> 3"] == [3]  # a default value behind a decorator
