@@ -98,32 +98,37 @@ def _trace_module(work: Path, module: str, files: list[str], out: Path) -> None:
     out.write_text(json.dumps(data))
 
 
-def collect(work: Path, modules: list[str], files: list[str], log=print) -> dict:
+def collect(work: Path, modules: list[str], files: list[str], log=print, jobs: int = 1) -> dict:
     """{"lines": {file: {line: {nodeid: phase-set}}}, "durations": {nodeid: s}, "setups": {nodeid: s},
-    "failed": [...]} over modules."""
+    "failed": [...]} over modules. Modules not in the cache are traced, `jobs` at a time (one process each)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     digest = sources_digest(work)
-    merged: dict = {"lines": {f: {} for f in files}, "durations": {}, "setups": {}, "failed": []}
-    for module in modules:
-        cached = CACHE / f"{_key(work, module, digest + ' '.join(files))}.json"
-        if not cached.is_file():
+    cached = {m: CACHE / f"{_key(work, m, digest + ' '.join(files))}.json" for m in modules}
+    todo = [m for m in modules if not cached[m].is_file()]
+    running: dict[int, tuple[str, float]] = {}
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            module = todo.pop(0)
             log(f"tracing {module} ...")
-            start = time.monotonic()
             pid = os.fork()
             if pid == 0:
                 try:
                     devnull = os.open(os.devnull, os.O_WRONLY)
                     os.dup2(devnull, 1)
                     os.dup2(devnull, 2)
-                    _trace_module(work, module, files, cached.with_suffix(".tmp"))
-                    os.replace(cached.with_suffix(".tmp"), cached)
+                    _trace_module(work, module, files, cached[module].with_suffix(".tmp"))
+                    os.replace(cached[module].with_suffix(".tmp"), cached[module])
                 finally:
                     os._exit(0)
-            os.waitpid(pid, 0)
-            log(f"  {time.monotonic() - start:.0f} s")
-            if not cached.is_file():
-                raise SystemExit(f"tracing {module} failed")
-        data = json.loads(cached.read_text())
+            running[pid] = (module, time.monotonic())
+        pid, _ = os.wait()
+        module, start = running.pop(pid)
+        log(f"  {module}: {time.monotonic() - start:.0f} s")
+        if not cached[module].is_file():
+            raise SystemExit(f"tracing {module} failed")
+    merged: dict = {"lines": {f: {} for f in files}, "durations": {}, "setups": {}, "failed": []}
+    for module in modules:
+        data = json.loads(cached[module].read_text())
         for f, ls in data["lines"].items():
             for n, entries in ls.items():
                 slot = merged["lines"][f].setdefault(int(n), {})

@@ -6,6 +6,7 @@ import torch
 
 from attnlab import Transformer, TransformerConfig
 from attnlab.decoding import beam_search, greedy
+from table_model import E, HAND_TABLE, TableModel
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -129,28 +130,6 @@ def test_beam_of_one_equals_greedy(use_cache):
         assert hyps[i][0].tokens == expected
 
 
-class TableModel(torch.nn.Module):
-    """A fake decoder whose next-token distribution depends only on the previous token: beam search
-    on it can be worked by hand."""
-
-    pad_id = PAD
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = table  # dict prev_token -> list of probabilities over the vocabulary
-
-    def init_decode(self, src, max_len=10, use_cache=True):
-        class State:
-            def reorder(self, index):
-                return self
-        return State()
-
-    def decode_step(self, tokens, state, need_weights=False):
-        uniform = [0.2] * 5  # rows for tokens the table does not list (low-scoring beams)
-        probs = torch.tensor([self.table.get(int(t), uniform) for t in tokens[:, -1]])
-        return probs.log(), state, None
-
-
 def test_beam_search_hand_worked_case():
     # vocabulary: 0 pad, 1 BOS, 2 EOS, 3 "a", 4 "b". Greedy takes "a" (0.6) then is forced into a
     # poor continuation; beam 2 finds "b" (0.4) followed by a sure EOS.
@@ -172,15 +151,6 @@ def test_beam_search_hand_worked_case():
     # K, while "a b EOS" (0.6 * 0.35 * 0.9 = 0.189) is found one step later
     assert hyps[1].tokens == [3, 4, 2]
     assert hyps[1].log_prob == pytest.approx(math.log(0.6 * 0.35 * 0.9), abs=1e-5)
-
-
-# vocabulary: 0 pad, 1 BOS, 2 EOS, 3 "a", 4 "b"; the next-token probabilities depend on the last token only
-E = 1e-9
-HAND_TABLE = {
-    BOS: [E, E, 0.4, 0.35, 0.25],
-    3: [E, E, 0.9, 0.06, 0.04],  # after "a"
-    4: [E, E, 0.6, 0.25, 0.15],  # after "b"
-}
 
 
 def test_beam_search_hand_worked_scores_with_gnmt_length_penalty():
