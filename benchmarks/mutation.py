@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {n for part in filter(None, args.lines.split(",")) for n in range(
         int(part.split("-")[0]), int(part.split("-")[-1]) + 1)}
     chosen: dict[str, tuple[str, int, list[dict]]] = {}
+    reviews = json.loads(REVIEWS.read_text()) if REVIEWS.is_file() else {}
     previous = json.loads(args.out.read_text()).get("files", {}) if args.out.is_file() else {}
     for name in args.files:
         source = (REPO / name).read_text()
@@ -265,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [mutants[i] for i in sorted(range(total), key=lambda i: (i * 0.6180339887) % 1.0)]
         if wanted:
             mutants = [m for m in mutants if m["line"] in wanted]
-        if args.survivors:
+        if args.survivors:  # those reviewed as equivalent keep their record: they would survive again
             before = {(r["line"], r["col"], r["mutation"]) for r in previous.get(name, {}).get("survivors", [])}
-            mutants = [m for m in mutants if (m["line"], m["col"], m["mutation"]) in before]
+            mutants = [m for m in mutants if (m["line"], m["col"], m["mutation"]) in before
+                       and not _review(m, reviews.get(name, []))]
         if args.max_mutants:
             mutants = mutants[:args.max_mutants]
         if args.list:
@@ -289,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ATTNLAB_DATA_DIR", str(REPO.parent / "shared" / "data"))
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results.setdefault("files", {})
-    reviews = json.loads(REVIEWS.read_text()) if REVIEWS.is_file() else {}
     partial = bool(wanted or args.max_mutants or args.survivors)
     with tempfile.TemporaryDirectory(prefix="attnlab-mutation-") as tmp:
         work = Path(tmp) / "repo"
@@ -331,6 +332,11 @@ def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], re
         # a partial rerun (--lines, --max-mutants) replaces the mutants it tested and keeps the others
         kept = [m for m in previous.get("mutants", []) if (m["line"], m["col"], m["mutation"]) not in tested_now] \
             if partial else []
+        for r in kept:  # reviews written since the record was made
+            review = _review(r, reviews.get(name, [])) if r["result"] in ("survived", "not covered") else None
+            r.pop("equivalent", None)
+            if review:
+                r["equivalent"] = review
         records[name] = kept
         everything = sorted({t for ls in cov["lines"][name].values() for t in ls} - failed,
                             key=lambda t: durations.get(t, 0.0))
