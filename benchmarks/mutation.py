@@ -177,7 +177,8 @@ def _changes(node: ast.AST):
 
                 def change(n, i=i, new=new):
                     n.ops[i] = new()
-                yield f"{type(op).__name__} -> {new.__name__}", change
+                which = f" (comparison {i + 1})" if len(node.ops) > 1 else ""  # a < b < c: two mutants
+                yield f"{type(op).__name__} -> {new.__name__}{which}", change
     elif isinstance(node, ast.BoolOp):
         new = ast.Or if isinstance(node.op, ast.And) else ast.And
         yield f"{type(node.op).__name__} -> {new.__name__}", lambda n, new=new: setattr(n, "op", new())
