@@ -488,6 +488,15 @@ def write(out: Path, results: dict, torch_version: str) -> None:
                     "python": platform.python_version(), "torch": torch_version,
                     "note": "2 cores shared with other jobs while it ran"},
     })
+    in_targets = sum(len(mutations((REPO / n).read_text())) for n in TARGETS) if "_total" not in results else \
+        results["_total"]
+    results["_total"] = in_targets
+    untested = [n for n in TARGETS if n not in files]
+    partly = [n for n, f in files.items() if f["mutants_tested"] < f["mutants_in_file"]]
+    results["status"] = ("complete: every mutant of every target tested" if not untested and not partly else
+                         f"INCOMPLETE: {tested} of {in_targets} mutants of the targets tested; "
+                         f"{len(untested)} files not run, {len(partly)} partly ({', '.join(partly)}); the scores "
+                         "above cover the tested mutants only")
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(results, indent=1) + "\n")
     tmp_out.replace(out)

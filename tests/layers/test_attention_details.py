@@ -71,3 +71,16 @@ def test_weights_come_back_only_when_asked_for():
     attn = MultiHeadAttention(8, 2).eval()
     x = torch.randn(1, 3, 8)
     assert attn(x)[1] is None and attn(x, need_weights=True)[1].shape == (1, 2, 3, 3)
+
+
+def test_sinusoid_table_with_an_odd_width_follows_the_formula():
+    """d_model = 7: sines at 0, 2, 4, 6 and cosines at 1, 3, 5 (one fewer)."""
+    from attnlab.layers.embedding import sinusoidal_table
+
+    table = sinusoidal_table(5, 7, offset=3)
+    assert table.shape == (5, 7)
+    for pos in range(5):
+        for j in range(7):
+            angle = (pos + 3) / 10000 ** ((j - j % 2) / 7)
+            expected = torch.tensor(angle).sin() if j % 2 == 0 else torch.tensor(angle).cos()
+            assert abs(float(table[pos, j]) - float(expected)) < 1e-6
