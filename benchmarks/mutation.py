@@ -488,9 +488,9 @@ def write(out: Path, results: dict, torch_version: str) -> None:
                     "python": platform.python_version(), "torch": torch_version,
                     "note": "2 cores shared with other jobs while it ran"},
     })
-    in_targets = sum(len(mutations((REPO / n).read_text())) for n in TARGETS) if "_total" not in results else \
-        results["_total"]
-    results["_total"] = in_targets
+    in_targets = sum(len(mutations((REPO / n).read_text())) for n in TARGETS) if "mutants_in_targets" not in results else \
+        results["mutants_in_targets"]
+    results["mutants_in_targets"] = in_targets
     untested = [n for n in TARGETS if n not in files]
     partly = [n for n, f in files.items() if f["mutants_tested"] < f["mutants_in_file"]]
     results["status"] = ("complete: every mutant of every target tested" if not untested and not partly else
