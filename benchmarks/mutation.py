@@ -305,6 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def module_statement_names(source: str, line: int) -> list[str]:
+    """The names a module-level assignment binds, when `line` lies in one (else none)."""
+    for node in ast.parse(source).body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno) and isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return []
+
+
 def costs(cov: dict) -> dict[str, float]:
     """A test's time when it runs alone: its own (set-up and call) plus its module's most expensive fixture
     set-up (a module fixture's cost is recorded on whichever test needed it first)."""
@@ -349,6 +358,7 @@ def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], re
                 _record(records[name], m, "not covered", 0, 0.0, reviews.get(name, []))
                 continue
             jobs.append({"module": _module_name(name), "mutated": m["mutated"], "tests": tests,
+                         "names": module_statement_names(source, m["line"]),
                          "durations": {t: durations.get(t, 1.0) for t in tests}})
             where.append((name, m))
     jobs_dir = tmp / "jobs"

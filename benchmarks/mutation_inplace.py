@@ -105,14 +105,43 @@ def _patch(old_ns, new_ns: dict, modname: str, set_value, changed: dict | None) 
                 changed[name] = (old, new)
 
 
-def apply(modname: str, mutated: str) -> None:
-    """Patches the mutated source of module `modname` (already imported) into it, in place.
+def _package_containers(package: str, skip) -> list[tuple]:
+    """(object, copy) for every module-level list and dict of the package's other modules: running a module's
+    code again may append to them (cpu_kernels.ALL gets each Kernels) or re-register classes."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if (name == package or name.startswith(package + ".")) and mod is not skip:
+            for value in list(vars(mod).values()):
+                if type(value) is list:
+                    out.append((value, list(value)))
+                elif type(value) is dict:
+                    out.append((value, dict(value)))
+    return out
+
+
+def apply(modname: str, mutated: str, names: tuple[str, ...] = ()) -> None:
+    """Patches the mutated source of module `modname` (already imported) into it, in place. `names`: the names
+    bound by the module-level statement the mutant changed; a new value there that is not plain data cannot be
+    patched in (other objects hold the old one), so that mutant is left to a fresh session (PatchError).
     Raises PatchError when the tool cannot; any other exception comes from the mutant's own module code."""
     module = sys.modules[modname]
     code = compile(mutated, module.__file__, "exec")
     namespace = {"__name__": modname, "__file__": module.__file__, "__package__": module.__package__,
                  "__spec__": module.__spec__, "__builtins__": builtins}
-    exec(code, namespace)  # noqa: S102 - the mutant's module code: an exception here kills the mutant
+    saved = _package_containers(modname.split(".")[0], module)
+    try:
+        exec(code, namespace)  # noqa: S102 - the mutant's module code: an exception here kills the mutant
+    finally:
+        for container, copy in saved:  # undo what running it again did to the other modules' registries
+            if isinstance(container, list):
+                container[:] = copy
+            else:
+                container.clear()
+                container.update(copy)
+    for name in names:
+        value = namespace.get(name)
+        if not (_plain(value) or _functions(value) or isinstance(value, (type, types.ModuleType))):
+            raise PatchError(f"{name}: a module-level {type(value).__name__} cannot be patched in place")
     changed: dict = {}
     try:
         _patch(vars(module), namespace, modname, lambda n, v: setattr(module, n, v), changed)
@@ -124,12 +153,16 @@ def apply(modname: str, mutated: str) -> None:
         for other in list(sys.modules.values()):
             if other is module or not isinstance(other, types.ModuleType):
                 continue
-            if getattr(other, name, None) is old and not isinstance(old, bool | type(None)):
+            try:
+                bound = vars(other).get(name)
+            except TypeError:
+                continue
+            if bound is old and not isinstance(old, bool | type(None)):
                 setattr(other, name, new)
 
 
 def run_in_child(modname: str | None, mutated: str | None, items: list, cpu_seconds: float,
-                 report: Path | None = None) -> str:
+                 report: Path | None = None, names: tuple[str, ...] = ()) -> str:
     """Forks; the child patches the mutant in (None: no mutant, the sanity check) and runs `items` in order,
     stopping at the first failure. 'killed', 'survived', 'timeout' (its CPU time ran out) or 'unpatched'."""
     from _pytest.runner import runtestprotocol
@@ -147,7 +180,7 @@ def run_in_child(modname: str | None, mutated: str | None, items: list, cpu_seco
                 faulthandler.dump_traceback_later(20, repeat=True, file=log)
             if modname is not None:
                 try:
-                    apply(modname, mutated)
+                    apply(modname, mutated, names)
                 except PatchError:
                     os._exit(UNPATCHED)
             code = 0
@@ -212,11 +245,12 @@ class MutantLoop:
                 started = time.monotonic()
                 tests = [t for t in job["tests"] if t in by_id]
                 first, rest = tests[:self.first_chunk], tests[self.first_chunk:]
-                result = "survived"
+                result = "survived" if tests else "not covered"  # its tests were not collected here
                 for chunk in (first, sorted(rest, key=order.__getitem__)):
                     if chunk:
                         cpu = 30.0 + 5 * sum(job["durations"].get(t, 1.0) for t in chunk)
-                        result = run_in_child(job["module"], job["mutated"], [by_id[t] for t in chunk], cpu)
+                        result = run_in_child(job["module"], job["mutated"], [by_id[t] for t in chunk], cpu,
+                                              names=tuple(job.get("names", ())))
                         if result != "survived":
                             break
                 out.write(json.dumps({"index": index, "result": result, "tests_run": len(tests),
