@@ -338,10 +338,9 @@ def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], re
     for name, (source, total, mutants) in chosen.items():
         records[name] = []
         previous = results["files"].get(name, {})
-        tested_now = {(m["line"], m["col"], m["mutation"]) for m in mutants}
-        # a partial rerun (--lines, --max-mutants) replaces the mutants it tested and keeps the others
-        kept = [m for m in previous.get("mutants", []) if (m["line"], m["col"], m["mutation"]) not in tested_now] \
-            if partial else []
+        # a partial rerun (--lines, --max-mutants, --survivors) keeps every earlier record until the mutant's new
+        # result replaces it (_record), so an interrupted rerun loses nothing
+        kept = list(previous.get("mutants", [])) if partial else []
         for r in kept:  # reviews written since the record was made
             review = _review(r, reviews.get(name, [])) if r["result"] in ("survived", "not covered") else None
             r.pop("equivalent", None)
@@ -441,6 +440,7 @@ def _record(records: list[dict], m: dict, result: str, tests_run: int, seconds: 
             slow: bool = False) -> None:
     record = {"line": m["line"], "col": m["col"], "mutation": m["mutation"], "code": m["code"],
               "result": result, "tests_run": tests_run, "seconds": round(seconds, 1)}
+    records[:] = [r for r in records if (r["line"], r["col"], r["mutation"]) != (m["line"], m["col"], m["mutation"])]
     if slow:
         record["run"] = "fresh pytest session (could not be patched in place)"
     if result in ("survived", "not covered"):
