@@ -107,3 +107,19 @@ def test_top_tokens_where_blocks_cannot_hold_the_k_best():
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(0))
     values, index = top_tokens(x, 8)
     assert torch.equal(values, x.topk(8, dim=-1).values) and torch.equal(x.gather(1, index), values)
+
+
+def test_fast_argmax_takes_nan_as_the_maximum_like_torch():
+    """torch.argmax returns the first NaN of a row; so must the block search, the last partial block included."""
+    from attnlab.decoding.greedy import fast_argmax
+
+    x = torch.zeros(4, 65)
+    x[0, 64] = float("nan")  # only in the partial block
+    x[1, 10], x[1, 64] = float("nan"), float("nan")  # in a full block first
+    x[2, 64], x[2, 3] = float("nan"), 5.0
+    x[3, 7] = 1.0
+    assert fast_argmax(x).tolist() == x.argmax(dim=-1).tolist() == [64, 10, 64, 7]
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(50, 200, generator=g)
+    y[torch.rand(50, 200, generator=g) < 0.01] = float("nan")
+    assert torch.equal(fast_argmax(y), y.argmax(dim=-1))

@@ -30,7 +30,8 @@ def fast_argmax(logits: Tensor, block: int = 64) -> Tensor:
     if main < v:  # the last, partial block: only an index strictly larger if its maximum is greater
         tail = logits[:, main:]
         tail_best = tail.argmax(dim=-1)
-        later = tail[rows, tail_best] > logits[rows, index]
+        best, found = tail[rows, tail_best], logits[rows, index]
+        later = (best > found) | (best.isnan() & ~found.isnan())  # a NaN is the maximum, as for torch.argmax
         index = torch.where(later, main + tail_best, index)
     return index
 
