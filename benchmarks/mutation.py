@@ -213,18 +213,8 @@ def run_tests(workdir: Path, tests: list[str], cpu_seconds: float) -> str:
             code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests])
         except BaseException:  # noqa: BLE001 - an import error of the mutant is a kill
             code = 1
-        os._exit(int(code))
-    deadline = time.monotonic() + 20 * cpu_seconds + 600  # a child that sleeps forever
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-                return "timeout"
-            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return "timeout"
+        os._exit(1 if int(code) == mutation_inplace.UNPATCHED else int(code))
+    return mutation_inplace.wait_child(pid, cpu_seconds)
 
 
 def copy_repo(dest: Path) -> None:

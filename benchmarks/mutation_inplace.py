@@ -195,6 +195,12 @@ def run_in_child(modname: str | None, mutated: str | None, items: list, cpu_seco
         except BaseException:  # noqa: BLE001 - the mutant broke something: a kill
             code = 1
         os._exit(code)
+    return wait_child(pid, cpu_seconds)
+
+
+def wait_child(pid: int, cpu_seconds: float) -> str:
+    """A mutant's child: exit 0 'survived', UNPATCHED 'unpatched', other codes 'killed'; out of CPU time (or
+    asleep far past it) 'timeout'."""
     deadline = time.monotonic() + 20 * cpu_seconds + 600  # a child that sleeps forever
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
