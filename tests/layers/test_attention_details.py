@@ -84,3 +84,15 @@ def test_sinusoid_table_with_an_odd_width_follows_the_formula():
             angle = (pos + 3) / 10000 ** ((j - j % 2) / 7)
             expected = torch.tensor(angle).sin() if j % 2 == 0 else torch.tensor(angle).cos()
             assert abs(float(table[pos, j]) - float(expected)) < 1e-6
+
+
+def test_feed_forward_has_no_dropout_unless_asked():
+    """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2): by default the same in training as in evaluation."""
+    from attnlab.layers.feed_forward import PositionwiseFeedForward
+
+    torch.manual_seed(0)
+    ffn = PositionwiseFeedForward(8, 16)
+    x = torch.randn(2, 3, 8)
+    assert ffn.dropout.p == 0.0
+    expected = torch.relu(x @ ffn.linear1.weight.T + ffn.linear1.bias) @ ffn.linear2.weight.T + ffn.linear2.bias
+    torch.testing.assert_close(ffn.train()(x), expected)
