@@ -134,8 +134,13 @@ def mutations(source: str) -> list[dict]:
                 fallback = (scope.body[0].lineno, scope.end_lineno)
             else:
                 fallback = None
-            found.append({"line": line, "end_line": getattr(node, "end_lineno", line) or line,
-                          "col": getattr(node, "col_offset", 0), "mutation": description,
+            same = sum(1 for f in found if (f["line"], f["col"], f["base"]) == (line, node.col_offset if
+                                                                                 hasattr(node, "col_offset") else 0,
+                                                                                 description))
+            found.append({"base": description, "line": line, "end_line": getattr(node, "end_lineno", line) or line,
+                          # nested operators starting at one column (a + b + c): "#2", "#3" after the first
+                          "col": getattr(node, "col_offset", 0),
+                          "mutation": description + (f" #{same + 1}" if same else ""),
                           "code": lines[line - 1].strip() if line else "", "mutated": mutated,
                           "fallback": fallback})
     return found

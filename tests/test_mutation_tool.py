@@ -126,3 +126,11 @@ def test_every_mutant_is_patched_into_the_live_module(tmp_path, monkeypatch):
     assert changes[8, "3 -> 4"] == [4]  # a dataclass default
     assert changes[17, "2.0 -> 4.0"] == [0, 6]  # a class constant
     assert changes[39, "2 -> 3"] == [3]  # a default value behind a decorator
+
+
+def test_nested_operators_at_one_column_and_chained_comparisons_are_told_apart():
+    source = "def f(a, b, c):\n    return a + b + c, 0 < a < b\n"
+    names = [(m["line"], m["col"], m["mutation"]) for m in mutation.mutations(source)]
+    assert len(names) == len(set(names))
+    assert {n for _, _, n in names} >= {"Add -> Sub", "Add -> Sub #2", "Lt -> LtE (comparison 1)",
+                                         "Lt -> LtE (comparison 2)"}
