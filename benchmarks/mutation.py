@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import json
 import os
 import platform
@@ -114,6 +115,7 @@ def mutations(source: str) -> list[dict]:
     scopes = _scopes(tree)
     lines = source.splitlines()
     found = []
+    seen: dict[tuple, int] = {}
     for index, node in enumerate(ast.walk(tree)):
         if id(node) in skip:
             continue
@@ -134,13 +136,11 @@ def mutations(source: str) -> list[dict]:
                 fallback = (scope.body[0].lineno, scope.end_lineno)
             else:
                 fallback = None
-            same = sum(1 for f in found if (f["line"], f["col"], f["base"]) == (line, node.col_offset if
-                                                                                 hasattr(node, "col_offset") else 0,
-                                                                                 description))
-            found.append({"base": description, "line": line, "end_line": getattr(node, "end_lineno", line) or line,
-                          # nested operators starting at one column (a + b + c): "#2", "#3" after the first
-                          "col": getattr(node, "col_offset", 0),
-                          "mutation": description + (f" #{same + 1}" if same else ""),
+            col = getattr(node, "col_offset", 0)
+            # nested operators starting at one column (a + b + c): "#2", "#3" after the first
+            same = seen[line, col, description] = seen.get((line, col, description), 0) + 1
+            found.append({"line": line, "end_line": getattr(node, "end_lineno", line) or line, "col": col,
+                          "mutation": description + (f" #{same}" if same > 1 else ""),
                           "code": lines[line - 1].strip() if line else "", "mutated": mutated,
                           "fallback": fallback})
     return found
@@ -331,7 +331,6 @@ def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], re
     jobs, where, sanity = [], [], {}
     records: dict[str, list[dict]] = {}
     for name, (source, total, mutants) in chosen.items():
-        records[name] = []
         previous = results["files"].get(name, {})
         # a partial rerun (--lines, --max-mutants, --survivors) keeps every earlier record until the mutant's new
         # result replaces it (_record), so an interrupted rerun loses nothing
@@ -378,8 +377,9 @@ def run_all(work: Path, tmp: Path, chosen: dict, cov: dict, failed: set[str], re
 
     def collect_new() -> None:
         for out in outs:
-            lines = out.read_text().splitlines()
-            complete = lines if out.read_text().endswith("\n") else lines[:-1]
+            text = out.read_text()
+            lines = text.splitlines()
+            complete = lines if text.endswith("\n") else lines[:-1]  # a line still being written waits
             for line in complete[seen[out]:]:
                 r = json.loads(line)
                 if "sanity" in r:
@@ -470,6 +470,12 @@ def summarise(results: dict, name: str, total: int, records: list[dict], seconds
         "mutants": records}
 
 
+@functools.cache
+def mutants_in_targets() -> int:
+    """Every target's mutants, counted once per process (the sources do not change during a run)."""
+    return sum(len(mutations((REPO / n).read_text())) for n in TARGETS)
+
+
 def write(out: Path, results: dict, torch_version: str) -> None:
     """The summary over every file so far, written atomically."""
     files = results["files"]
@@ -493,9 +499,7 @@ def write(out: Path, results: dict, torch_version: str) -> None:
                     "python": platform.python_version(), "torch": torch_version,
                     "note": "2 cores shared with other jobs while it ran"},
     })
-    in_targets = sum(len(mutations((REPO / n).read_text())) for n in TARGETS) if "mutants_in_targets" not in results else \
-        results["mutants_in_targets"]
-    results["mutants_in_targets"] = in_targets
+    results["mutants_in_targets"] = in_targets = mutants_in_targets()
     untested = [n for n in TARGETS if n not in files]
     partly = [n for n, f in files.items() if f["mutants_tested"] < f["mutants_in_file"]]
     results["status"] = ("complete: every mutant of every target tested" if not untested and not partly else

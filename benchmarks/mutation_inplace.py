@@ -224,8 +224,6 @@ class MutantLoop:
         self.jobs_dir, self.out, self.first_chunk, self.deadline = jobs_dir, out, first_chunk, deadline
 
     def pytest_runtestloop(self, session):
-        import pytest  # noqa: F401
-
         by_id = {item.nodeid: item for item in session.items}
         order = {nodeid: i for i, nodeid in enumerate(by_id)}
         jobs = json.loads((self.jobs_dir / "jobs.json").read_text())
